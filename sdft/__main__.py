@@ -1,0 +1,3 @@
+from sdft.cli import main
+
+main()
