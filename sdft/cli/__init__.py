@@ -17,11 +17,13 @@ def _register_commands() -> None:
     models.register(app)
     dataset.register(app)
     try:
-        from api.cli import register as register_service_commands
+        from api import cli as service_cli
+        from api import up as up_cli
     except ImportError:
         # The library can be installed without the service packages.
         return
-    register_service_commands(app)
+    service_cli.register(app)
+    up_cli.register(app)
 
 
 def main() -> None:
