@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -41,8 +42,24 @@ DEFAULT_TEACHER_INSTRUCTION = (
 )
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """Safe YAML loader that reads `1e-5` as a float: YAML 1.1, which PyYAML follows, needs a
+    dot in the mantissa and would otherwise return the string '1e-5'."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 class ConfigError(ValueError):
-    """Invalid configuration; `problems` holds one message per invalid option."""
+    """Invalid configuration; `problems` contains one message per invalid option."""
 
     def __init__(self, problems: list[str]):
         self.problems = problems
@@ -214,7 +231,7 @@ class SDFTConfig:
     def from_yaml(cls, path: str | Path, overrides: Iterable[str] = ()) -> SDFTConfig:
         text = Path(path).read_text(encoding="utf-8")
         try:
-            data = yaml.safe_load(text) or {}
+            data = load_yaml(text) or {}
         except yaml.YAMLError as exc:
             raise ConfigError([f"{path}: invalid YAML: {exc}"]) from exc
         if not isinstance(data, dict):
@@ -233,7 +250,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError([f"{item!r}: expected key=value"])
         try:
-            overrides[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+            overrides[key.strip()] = load_yaml(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
             raise ConfigError([f"{key}: cannot parse value {raw!r}: {exc}"]) from exc
     return overrides
