@@ -112,8 +112,8 @@ def save_merged(
     """Merge the student adapter into the base weights and save the result in bf16.
 
     This consumes `peft_model`: the merge rewrites its base weights in place and casts them
-    to bf16, so the caller must not train or score with it afterwards. Doing it in place
-    avoids holding a second copy of the weights, which would not fit beside a 9B model.
+    to bf16, so the caller must not train or score with it afterwards. Merging in place
+    avoids holding a second copy of the weights in memory.
 
     The output contains sharded safetensors, config with `dtype` bfloat16, tokenizer, chat
     template, generation config, the preprocessor files of a vision-language base and a

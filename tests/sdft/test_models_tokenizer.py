@@ -226,3 +226,14 @@ def test_qwen_vocab_round_trips(qwen_tokenizer: PreTrainedTokenizerBase, text: s
     ids = qwen_tokenizer.encode(text, add_special_tokens=False)
     assert qwen_tokenizer.decode(ids) == text
     assert max(ids) < 248320
+
+
+def test_template_thinking_prompt_is_prefix(small_tokenizer: PreTrainedTokenizerBase) -> None:
+    reply = {"role": "assistant", "content": "Paris.", "reasoning_content": "France's capital."}
+    conversation = [{"role": "user", "content": "Capital of France?"}, reply]
+    prompt = small_tokenizer.apply_chat_template(
+        conversation[:1], tokenize=False, add_generation_prompt=True, enable_thinking=True
+    )
+    full = small_tokenizer.apply_chat_template(conversation, tokenize=False)
+    assert full.startswith(prompt)
+    assert full[len(prompt) :] == "<think>\nFrance's capital.\n</think>\n\nParis.<|im_end|>\n"
