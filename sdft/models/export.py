@@ -123,9 +123,10 @@ def save_merged(
 
     The output contains sharded safetensors, config with `dtype` bfloat16, tokenizer, chat
     template, generation config, the preprocessor files of a vision-language base and a
-    README.md model card built from `run_info` (keys: `config`, `dataset_records`, `steps`,
-    and optionally `dataset_bytes`, `dataset_tokens`, `job_id`). A vision-language base
-    keeps its vision tower and loads with the same class as the base.
+    README.md model card built from `run_info`. The card reads the keys `config`,
+    `dataset_records` and `steps`, and when present `dataset_bytes`, `dataset_tokens`,
+    `rollouts`, `truncated_rollouts` and `job_id`. All of `run_info` goes to `sdft_run.json`.
+    A vision-language base keeps its vision tower and loads with the same class as the base.
 
     Raises FileExistsError when `out_dir` already contains weights, unless `overwrite` is
     set, in which case the old weight files are deleted first. Raises RuntimeError when the
@@ -265,6 +266,8 @@ def model_card(
         ("dataset records", "dataset_records"),
         ("dataset tokens", "dataset_tokens"),
         ("dataset size (bytes)", "dataset_bytes"),
+        ("rollouts sampled", "rollouts"),
+        ("rollouts truncated at max_rollout_tokens", "truncated_rollouts"),
     ):
         if run_info.get(key) is not None:
             lines.append(f"| {label} | {_cell(run_info[key])} |")

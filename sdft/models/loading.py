@@ -128,6 +128,7 @@ def load_model_and_tokenizer(
     }
     if device.type == "cuda":
         # Loading straight onto the GPU avoids a second full copy of the weights in host RAM.
+        # NOTE: the CPU test suite never runs this branch.
         load_kwargs["device_map"] = {"": str(device)}
     try:
         model = model_class.from_pretrained(folder, **load_kwargs)

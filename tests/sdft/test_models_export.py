@@ -23,7 +23,13 @@ from sdft.models.export import MergedReport, save_merged, verify_merged
 from sdft.models.loading import load_model_and_tokenizer, model_class_for
 
 CONFIG = SDFTConfig(device="cpu", lora_rank=4, lora_alpha=8)
-RUN_INFO = {"config": CONFIG.to_dict(), "dataset_records": 12, "steps": 3, "job_id": "job-1"}
+RUN_INFO = {
+    "config": CONFIG.to_dict(),
+    "dataset_records": 12,
+    "steps": 3,
+    "rollouts": 3,
+    "job_id": "job-1",
+}
 
 
 def _adapted(model_dir: Path) -> tuple[PeftModel, PreTrainedTokenizerBase, torch.Tensor]:
@@ -102,6 +108,7 @@ def test_model_card_lists_run_settings(tiny_llama_dir: Path, tmp_path: Path) -> 
     card = (tmp_path / "README.md").read_text()
     assert "| steps completed | 3 |" in card
     assert "| dataset records | 12 |" in card
+    assert "| rollouts sampled | 3 |" in card
     assert "| `lora_rank` | 4 |" in card
     assert "| `lora_alpha` | 8 |" in card
     assert "| `learning_rate` | 1e-05 |" in card
