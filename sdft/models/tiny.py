@@ -135,6 +135,19 @@ JavaScript: const items = await fetch(url).then((response) => response.json()); 
 Rust: fn main() { let v: Vec<u32> = (1..=5).collect(); println!("{:?}", v); }
 Go: func handler(w http.ResponseWriter, r *http.Request) { fmt.Fprintf(w, "hello %s", r.URL.Path) }
 YAML: model: qwen3_5, max_steps: 600, learning_rate: 1.0e-5, lora_rank: 64, lora_alpha: 128.
+{"type": "function", "function": {"name": "read_file", "description": "Read the contents of a
+file at the given path.", "parameters": {"type": "object", "properties": {"path": {"type":
+"string", "description": "Path of the file to read, relative to the repository root."},
+"limit": {"type": "integer", "description": "Maximum number of lines to return."}},
+"required": ["path"]}}}
+{"type": "function", "function": {"name": "set_mode", "description": "Change the current
+operating mode of the device.", "parameters": {"type": "object", "properties": {"mode":
+{"type": "string", "enum": ["manual", "automatic", "standby"], "description": "The mode to
+switch to."}, "enabled": {"type": "boolean"}, "options": {"type": "array", "items": {"type":
+"number"}}}, "required": ["mode"]}}}
+If the request cannot be completed with the available functions, reject the request and
+explain why. Specify the location, the speed, the direction and the distance in meters.
+Take a photo or start a recording, then return to the start position.
 """
 
 
