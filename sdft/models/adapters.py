@@ -241,7 +241,7 @@ def update_ema_adapter(model: PeftModel, decay: float) -> None:
 def _ema_pairs(model: PeftModel) -> list[tuple[torch.Tensor, torch.Tensor]]:
     params = dict(model.named_parameters())
     student_tag = f".{STUDENT_ADAPTER}."
-    pairs = []
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
     for name, param in params.items():
         if student_tag not in name:
             continue

@@ -145,7 +145,7 @@ def save_merged(
         peft_model.set_adapter(STUDENT_ADAPTER)
     merged: PreTrainedModel = peft_model.merge_and_unload(progressbar=False, safe_merge=True)
 
-    merged.to(torch.bfloat16)
+    merged.bfloat16()
     _set_config_dtype(merged)
     leftover = [name for name in merged.state_dict() if _is_lora_key(name)]
     if leftover:

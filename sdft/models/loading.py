@@ -36,6 +36,12 @@ class ModelLoadError(RuntimeError):
     """A model folder that cannot be loaded; the message names the folder and the fix."""
 
 
+class ModelLoader(Protocol):
+    """A model class or auto class: anything with `from_pretrained`."""
+
+    def from_pretrained(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
 class DeviceSettings(Protocol):
     """The two options of `SDFTConfig` that choose where a run computes."""
 
@@ -135,7 +141,7 @@ def load_model_and_tokenizer(
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"failed to load the model in {str(folder)!r}: {exc}") from exc
     if device.type != "cuda":
-        model.to(device)
+        model.to(device=device)
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(
@@ -163,7 +169,7 @@ def load_model_and_tokenizer(
     return model, tokenizer
 
 
-def model_class_for(model_dir: str | Path) -> type[PreTrainedModel]:
+def model_class_for(model_dir: str | Path) -> ModelLoader:
     """Pick the class to load a checkpoint with.
 
     Vision-language checkpoints use the transformers class in their config's
@@ -180,19 +186,18 @@ def model_class_for(model_dir: str | Path) -> type[PreTrainedModel]:
         model_class = getattr(transformers, name, None)
         if isinstance(model_class, type) and issubclass(model_class, PreTrainedModel):
             return model_class
-    # A vision-language config without a known class name still maps through the auto class
-    # of its model type.
-    config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    # A vision-language config without a known class name still loads through the
+    # image-text-to-text auto class, which picks the class from the config's model_type.
     from transformers import AutoModelForImageTextToText
 
-    try:
-        return AutoModelForImageTextToText._model_mapping[type(config)]
-    except KeyError as exc:
+    config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    if type(config) not in AutoModelForImageTextToText._model_mapping:
         raise ModelLoadError(
             f"config.json in {str(folder)!r} describes a vision-language model "
             f"(model_type={raw.get('model_type')!r}, architectures={names}) that this "
             "transformers version cannot load; upgrade transformers or use a text-only model"
-        ) from exc
+        )
+    return AutoModelForImageTextToText
 
 
 def is_vision_language(model: torch.nn.Module) -> bool:
@@ -218,7 +223,10 @@ def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
 
 
 def _check_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
-    rows = model.get_input_embeddings().weight.shape[0]
+    embedding = model.get_input_embeddings()
+    if not isinstance(embedding, torch.nn.Embedding):
+        return
+    rows = embedding.weight.shape[0]
     if len(tokenizer) > rows:
         raise ModelLoadError(
             f"tokenizer in {str(folder)!r} has {len(tokenizer)} ids but the model's embedding "

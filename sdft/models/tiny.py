@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
@@ -63,7 +63,7 @@ PAD_TOKEN = "<|endoftext|>"
 SMALL_VOCAB_SIZE = 2048
 
 # Sizes shared by the Llama and Qwen3.5 text trunks, small enough for CPU tests.
-_TRUNK_SIZES = {
+_TRUNK_SIZES: dict[str, Any] = {
     "hidden_size": 64,
     "intermediate_size": 128,
     "num_attention_heads": 4,
@@ -182,8 +182,10 @@ def build_tiny_model(
     vocab_size = QWEN3_5_VOCAB_SIZE if vocab == "qwen" else SMALL_VOCAB_SIZE
     if len(tokenizer) > vocab_size:
         raise RuntimeError(f"tokenizer has {len(tokenizer)} ids but the model has {vocab_size}")
-    eos_id = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
-    pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+    eos_id = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id
+    if eos_id is None or pad_id is None:
+        raise RuntimeError(f"tokenizer lacks {EOS_TOKEN} or {PAD_TOKEN}; cannot build the model")
 
     torch.manual_seed(seed)
     model = _build_model(arch, vision, vocab_size, eos_id, pad_id, tokenizer)
@@ -211,7 +213,11 @@ def _build_model(
     pad_id: int,
     tokenizer: PreTrainedTokenizerFast,
 ) -> PreTrainedModel:
-    token_ids = {"eos_token_id": eos_id, "pad_token_id": pad_id, "bos_token_id": None}
+    token_ids: dict[str, Any] = {
+        "eos_token_id": eos_id,
+        "pad_token_id": pad_id,
+        "bos_token_id": None,
+    }
     if arch == "llama":
         llama_config = LlamaConfig(
             vocab_size=vocab_size, num_hidden_layers=2, **_TRUNK_SIZES, **token_ids
@@ -246,7 +252,7 @@ def _build_model(
     }
     # The small vocabulary has no vision tokens, so ids past the tokenizer stand in for them.
     # With the real vocabulary the config defaults already hold the real ids.
-    media_ids: dict[str, int] = {}
+    media_ids: dict[str, Any] = {}
     if vocab_size == SMALL_VOCAB_SIZE:
         first_free = len(tokenizer)
         media_ids = {
