@@ -10,7 +10,6 @@ from typing import Any, Protocol
 import torch
 import transformers
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     PreTrainedModel,
@@ -187,16 +186,10 @@ def model_class_for(model_dir: str | Path) -> ModelLoader:
         if isinstance(model_class, type) and issubclass(model_class, PreTrainedModel):
             return model_class
     # A vision-language config without a known class name still loads through the
-    # image-text-to-text auto class, which picks the class from the config's model_type.
+    # image-text-to-text auto class, which picks the class from the config's model_type and
+    # raises ValueError (reported as ModelLoadError) for a type it does not know.
     from transformers import AutoModelForImageTextToText
 
-    config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-    if type(config) not in AutoModelForImageTextToText._model_mapping:
-        raise ModelLoadError(
-            f"config.json in {str(folder)!r} describes a vision-language model "
-            f"(model_type={raw.get('model_type')!r}, architectures={names}) that this "
-            "transformers version cannot load; upgrade transformers or use a text-only model"
-        )
     return AutoModelForImageTextToText
 
 

@@ -110,8 +110,8 @@ def _drop_quantization(model: PreTrainedModel) -> None:
     # from_pretrained look for a GGUF file in the output folder.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    # save_pretrained refuses models that still carry the GGUF quantizer. nn.Module's
-    # __setattr__ annotation covers only tensors and modules, hence the ignores.
+    # save_pretrained raises ValueError for a model that still carries the GGUF quantizer.
+    # The type ignores are needed because nn.Module types its attributes as tensors or modules.
     model.hf_quantizer = None  # type: ignore[assignment]
     model.is_quantized = False  # type: ignore[assignment]
     model.quantization_method = None  # type: ignore[assignment]

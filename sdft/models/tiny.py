@@ -185,7 +185,7 @@ def build_tiny_model(
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id
     if eos_id is None or pad_id is None:
-        raise RuntimeError(f"tokenizer lacks {EOS_TOKEN} or {PAD_TOKEN}; cannot build the model")
+        raise RuntimeError(f"tokenizer has no {EOS_TOKEN} or no {PAD_TOKEN} token")
 
     torch.manual_seed(seed)
     model = _build_model(arch, vision, vocab_size, eos_id, pad_id, tokenizer)

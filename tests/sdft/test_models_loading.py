@@ -108,3 +108,16 @@ def test_load_sets_missing_pad_token(tiny_llama_dir: Path, tmp_path: Path) -> No
 
     assert tokenizer.pad_token == "<|endoftext|>"
     assert model.generation_config.pad_token_id == tokenizer.pad_token_id
+
+
+def test_load_vl_without_architectures(tiny_qwen3_5_vl_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "no-architectures"
+    shutil.copytree(tiny_qwen3_5_vl_dir, folder)
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["architectures"]
+    config_path.write_text(json.dumps(config))
+
+    model, _ = load_model_and_tokenizer(folder, device="cpu", dtype="float32")
+
+    assert isinstance(model, Qwen3_5ForConditionalGeneration)
