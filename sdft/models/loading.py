@@ -108,8 +108,11 @@ def load_model_and_tokenizer(
 
     Never contacts a model hub and never runs code shipped with the checkpoint. A
     vision-language checkpoint loads with the class named in its config, so the vision tower
-    survives a later merged export. Training uses its text path only. The pad token falls
-    back to `<|endoftext|>` or the EOS token when the tokenizer has none.
+    survives a later merged export. Training uses its text path only.
+
+    The pad token becomes `<|endoftext|>`, when the vocabulary has it, if the tokenizer has
+    no pad token or pads with its EOS token. Without `<|endoftext|>` a missing pad token
+    falls back to the EOS token.
     """
     folder = Path(model_dir)
     if not folder.is_dir():
@@ -200,9 +203,11 @@ def is_vision_language(model: torch.nn.Module) -> bool:
 
 
 def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    # Rollouts end with the EOS token, so a pad token equal to EOS would let padding masks
+    # hide real EOS tokens. <|endoftext|> (Qwen, SmolLM2) is the preferred distinct pad.
+    preferred = "<|endoftext|>" if "<|endoftext|>" in tokenizer.get_vocab() else None
     if tokenizer.pad_token is None:
-        vocab = tokenizer.get_vocab()
-        fallback = "<|endoftext|>" if "<|endoftext|>" in vocab else tokenizer.eos_token
+        fallback = preferred if preferred is not None else tokenizer.eos_token
         if fallback is None:
             raise ModelLoadError(
                 "tokenizer has neither a pad token nor an EOS token; add one to "
@@ -210,6 +215,19 @@ def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
             )
         tokenizer.pad_token = fallback
         logger.info("tokenizer has no pad token; using %r", fallback)
+    elif (
+        tokenizer.pad_token == tokenizer.eos_token
+        and preferred is not None
+        and preferred != tokenizer.eos_token
+    ):
+        logger.info("pad token equals the EOS token %r; using %r", tokenizer.eos_token, preferred)
+        tokenizer.pad_token = preferred
+    if tokenizer.pad_token == tokenizer.eos_token:
+        logger.warning(
+            "pad token equals the EOS token %r; mask padding by attention mask, not by token id",
+            tokenizer.eos_token,
+        )
+
     generation_config = getattr(model, "generation_config", None)
     if generation_config is not None and generation_config.pad_token_id is None:
         generation_config.pad_token_id = tokenizer.pad_token_id

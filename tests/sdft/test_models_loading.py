@@ -121,3 +121,18 @@ def test_load_vl_without_architectures(tiny_qwen3_5_vl_dir: Path, tmp_path: Path
     model, _ = load_model_and_tokenizer(folder, device="cpu", dtype="float32")
 
     assert isinstance(model, Qwen3_5ForConditionalGeneration)
+
+
+def test_load_replaces_eos_pad_token(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "eos-pad"
+    shutil.copytree(tiny_llama_dir, folder)
+    config_path = folder / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_path.read_text())
+    tokenizer_config["pad_token"] = "<|im_end|>"
+    config_path.write_text(json.dumps(tokenizer_config))
+    assert AutoTokenizer.from_pretrained(folder).pad_token == "<|im_end|>"
+
+    _, tokenizer = load_model_and_tokenizer(folder, device="cpu", dtype="float32")
+
+    assert tokenizer.pad_token == "<|endoftext|>"
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
