@@ -12,7 +12,7 @@ import copy
 import logging
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -51,7 +51,6 @@ class AdapterReport:
     trainable_parameters: int
     total_parameters: int
     skipped_vision_modules: int = 0
-    notes: list[str] = field(default_factory=list)
 
     @property
     def adapted_modules(self) -> int:

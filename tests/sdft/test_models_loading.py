@@ -14,6 +14,7 @@ from transformers import AutoTokenizer, Qwen3_5ForCausalLM, Qwen3_5ForConditiona
 from sdft.config import SDFTConfig
 from sdft.models.loading import (
     ModelLoadError,
+    is_vision_language,
     load_model_and_tokenizer,
     parse_dtype,
     resolve_device_dtype,
@@ -72,6 +73,7 @@ def test_load_rejects_folder_without_config(tmp_path: Path) -> None:
 def test_load_text_model(tiny_qwen3_5_dir: Path) -> None:
     model, tokenizer = load_model_and_tokenizer(tiny_qwen3_5_dir, device="cpu", dtype="float32")
     assert isinstance(model, Qwen3_5ForCausalLM)
+    assert not is_vision_language(model)
     assert next(model.parameters()).dtype == torch.float32
     assert tokenizer.pad_token == "<|endoftext|>"
     assert tokenizer.chat_template
@@ -87,6 +89,7 @@ def test_load_vl_keeps_vision_tower(tiny_qwen3_5_vl_dir: Path) -> None:
         tiny_qwen3_5_vl_dir, device="cpu", dtype=torch.float32
     )
     assert isinstance(model, Qwen3_5ForConditionalGeneration)
+    assert is_vision_language(model)
     assert any(name.startswith("model.visual.") for name, _ in model.named_parameters())
 
     # Text-only forward through the vision-language class, as the trainer runs it.
