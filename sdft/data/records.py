@@ -173,25 +173,39 @@ def normalize_message(message: Any, where: str) -> Message:
     return out
 
 
-def _normalize_content(content: Any, where: str) -> str:
+def _normalize_content(content: Any, where: str) -> str | list[dict[str, Any]]:
+    """Return the text of a message, or a list of parts when it has images.
+
+    Image parts (`{"type": "image", "image": url}`, written by `sdft dataset convert` for
+    vision models) keep the list form that vision chat templates expect, text first.
+    """
     if content is None:
         return ""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        texts = []
+        texts: list[str] = []
+        images: list[str] = []
         for i, part in enumerate(content):
             if isinstance(part, str):
                 texts.append(part)
             elif isinstance(part, dict) and part.get("type", "text") == "text":
                 texts.append(str(part.get("text", "")))
+            elif isinstance(part, dict) and part.get("type") == "image" and isinstance(
+                part.get("image"), str
+            ):
+                images.append(part["image"])
             else:
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
                 raise ValueError(
                     f"{where}.content[{i}]: unsupported content part {kind!r}; "
                     "convert the trace with `sdft dataset convert` first"
                 )
-        return "".join(texts)
+        text = "".join(texts)
+        if not images:
+            return text
+        parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+        return parts + [{"type": "image", "image": url} for url in images]
     raise ValueError(f"{where}.content: expected a string or a list of text parts")
 
 
@@ -240,4 +254,7 @@ def _parse_tools(value: Any) -> list[dict[str, Any]] | None:
 
 
 def _has_text(message: Message) -> bool:
-    return bool(message.get("content", "").strip())
+    content = message.get("content", "")
+    if isinstance(content, list):
+        content = "".join(p.get("text", "") for p in content if p.get("type") == "text")
+    return bool(content.strip())

@@ -58,6 +58,7 @@ class Conversion:
         max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
         filename: str | None = None,
         teacher_prompt_length: LengthFunction | None = None,
+        dedup_keys: set[bytes] | None = None,
     ):
         try:
             self._format = resolve_format(format)
@@ -76,7 +77,8 @@ class Conversion:
             teacher_prompt_length = make_length_function(tokenizer)
         self._length = teacher_prompt_length
         self.report = ConversionReport(format=self._format)
-        self._seen: set[bytes] = set()
+        # Pass one set to several conversions to drop duplicates across their inputs too.
+        self._seen: set[bytes] = dedup_keys if dedup_keys is not None else set()
         self._stream: InputStream | None = None
         self._started = False
 
@@ -344,12 +346,14 @@ def convert(
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     filename: str | None = None,
     teacher_prompt_length: LengthFunction | None = None,
+    dedup_keys: set[bytes] | None = None,
 ) -> Conversion:
     """Convert a trace file into per-turn records.
 
     Returns a Conversion: iterate it for records (streamed in input order), then read
     `.report` for what was kept, dropped and why. See Conversion for strict and lenient
-    mode. `teacher_prompt_length` overrides the estimate built from `tokenizer`.
+    mode. `teacher_prompt_length` overrides the estimate built from `tokenizer`, and
+    `dedup_keys` shares duplicate detection across several conversions.
     """
     return Conversion(
         source,
@@ -361,6 +365,7 @@ def convert(
         max_line_bytes=max_line_bytes,
         filename=filename,
         teacher_prompt_length=teacher_prompt_length,
+        dedup_keys=dedup_keys,
     )
 
 
