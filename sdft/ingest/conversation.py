@@ -191,27 +191,30 @@ def tool_content(value: Any) -> str:
 def link_tool_results(messages: list[Message]) -> None:
     """Point every tool message at the call it answers, in place.
 
-    Calls without an id get `call_<n>`, numbered through the conversation. A result is
-    matched by id when the ids of its turn are present and unique; otherwise by position,
-    which covers missing, repeated and placeholder ids.
+    Calls without an id, and every call of a turn whose ids repeat (placeholders such as
+    `call_id`), get `call_<n>`, numbered through the conversation; results of such a turn
+    are matched by position. Otherwise a result is matched by its id, or by position when
+    the id names no call of its turn.
     """
     counter = 0
     calls: list[dict[str, Any]] = []
+    renamed = False
     position = 0
     for message in messages:
         role = message["role"]
         if role == "assistant":
             calls = message.get("tool_calls") or []
+            given_ids = [call.get("id") for call in calls]
+            renamed = None in given_ids or len(set(given_ids)) != len(given_ids)
             for call in calls:
-                if "id" not in call:
+                if renamed:
                     counter += 1
                     call["id"] = f"call_{counter}"
             position = 0
         elif role == "tool":
             ids = [call["id"] for call in calls]
-            unique = len(set(ids)) == len(ids)
             given = message.get("tool_call_id")
-            if unique and given in ids:
+            if not renamed and given in ids:
                 call = calls[ids.index(given)]
             elif position < len(calls):
                 call = calls[position]
