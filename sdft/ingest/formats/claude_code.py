@@ -187,6 +187,7 @@ class ClaudeCodeAssembler:
         """Yield the conversations of every session, in the order sessions first appear."""
         for session in self._sessions.values():
             yield from _assemble(session, self.skipped)
+        self.skipped = +self.skipped  # drop the kinds counted zero times
 
 
 def _result_event(block: dict[str, Any], line: int) -> _Event:

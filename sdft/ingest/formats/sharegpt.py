@@ -142,11 +142,14 @@ def _pending_call_count(before: list[Message]) -> int:
 
 
 def _names_in_tools_block(system: str) -> set[str] | None:
-    """Read the tool names of a Hermes `<tools>` block: a JSON list or one object per line."""
-    match = _TOOLS_BLOCK.search(system)
-    if not match:
+    """Read the tool names of a Hermes `<tools>` block: a JSON list or one object per line.
+
+    Hermes prompts also mention the tags in prose ("within <tools></tools> XML tags"),
+    so the first block with content is the one read.
+    """
+    body = next((block for block in _TOOLS_BLOCK.findall(system) if block.strip()), None)
+    if body is None:
         return None
-    body = match.group(1)
     decoder = json.JSONDecoder()
     schemas: list[Any] = []
     position = 0
