@@ -194,7 +194,9 @@ class PromptBuilder:
         student_ids: list[int],
     ) -> tuple[str, list[int]]:
         """Return the expert turn's text and token ids as they follow the student prompt."""
-        full_text = self._render(conversation + [expert_message], tools, add_generation_prompt=False)
+        full_text = self._render(
+            conversation + [expert_message], tools, add_generation_prompt=False
+        )
         if not full_text.startswith(student_text):
             raise PromptError(
                 "the chat template renders the expert turn so that it does not start with the "
@@ -267,12 +269,16 @@ class PromptBuilder:
             + "\n</tool_call>"
             for c in calls
         ]
-        content = "\n".join([message["content"], *lines]) if message.get("content") else "\n".join(lines)
+        content = (
+            "\n".join([message["content"], *lines]) if message.get("content") else "\n".join(lines)
+        )
         out = {key: value for key, value in message.items() if key != "tool_calls"}
         out["content"] = content
         return out
 
-    def _reference_block_messages(self, conversation: list[Message], reference: str) -> list[Message]:
+    def _reference_block_messages(
+        self, conversation: list[Message], reference: str
+    ) -> list[Message]:
         block = self.config.teacher_instruction.replace("{reference}", reference)
         messages = copy.deepcopy(conversation)
         if messages and messages[-1]["role"] == "user":
@@ -334,20 +340,25 @@ class PromptBuilder:
             },
         }
         try:
-            text = self._render([{"role": "user", "content": "probe"}], [tool], add_generation_prompt=True)
+            text = self._render(
+                [{"role": "user", "content": "probe"}], [tool], add_generation_prompt=True
+            )
         except PromptError:
             return False
         return _PROBE_TOOL in text
 
 
-def _with_tools_in_system(conversation: list[Message], tools: list[dict[str, Any]]) -> list[Message]:
+def _with_tools_in_system(
+    conversation: list[Message], tools: list[dict[str, Any]]
+) -> list[Message]:
     """List the tool schemas in the system message, for templates that ignore `tools`."""
     schemas = "\n".join(json.dumps(t["function"], ensure_ascii=False) for t in tools)
     text = (
         "You can call these tools:\n<tools>\n"
         f"{schemas}\n</tools>\n"
         "To call one, reply with a JSON object "
-        '{"name": <tool name>, "arguments": <arguments object>} inside <tool_call></tool_call> tags.'
+        '{"name": <tool name>, "arguments": <arguments object>} '
+        "inside <tool_call></tool_call> tags."
     )
     messages = copy.deepcopy(conversation)
     if messages and messages[0]["role"] == "system":
