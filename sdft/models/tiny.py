@@ -62,6 +62,17 @@ PAD_TOKEN = "<|endoftext|>"
 
 SMALL_VOCAB_SIZE = 2048
 
+# Sizes shared by the Llama and Qwen3.5 text trunks, small enough for CPU tests.
+_TRUNK_SIZES = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "max_position_embeddings": 4096,
+    "tie_word_embeddings": False,
+}
+
 # Training text for the small tokenizer: chat, tool-call JSON, code and prose, so that
 # the tokens of typical test conversations are merged into a realistic number of pieces.
 _CORPUS = """
@@ -190,35 +201,20 @@ def _build_model(
     token_ids = {"eos_token_id": eos_id, "pad_token_id": pad_id, "bos_token_id": None}
     if arch == "llama":
         llama_config = LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            max_position_embeddings=4096,
-            tie_word_embeddings=False,
-            **token_ids,
+            vocab_size=vocab_size, num_hidden_layers=2, **_TRUNK_SIZES, **token_ids
         )
         return LlamaForCausalLM(llama_config)
 
     text_config = Qwen3_5TextConfig(
         vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
         num_hidden_layers=4,
         layer_types=["linear_attention"] * 3 + ["full_attention"],
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
         linear_conv_kernel_dim=4,
         linear_key_head_dim=16,
         linear_value_head_dim=16,
         linear_num_key_heads=2,
         linear_num_value_heads=4,
-        max_position_embeddings=4096,
-        tie_word_embeddings=False,
+        **_TRUNK_SIZES,
         **token_ids,
     )
     if not vision:
