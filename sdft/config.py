@@ -206,10 +206,7 @@ class SDFTConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(
-                [
-                    f"{key}: unknown option (known options: {', '.join(sorted(known))})"
-                    for key in unknown
-                ]
+                [f"{key}: unknown option (known options: {', '.join(sorted(known))})" for key in unknown]
             )
         return cls(**dict(data))
 

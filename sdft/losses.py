@@ -118,12 +118,14 @@ def generalized_jsd(
     """Compute the generalized Jensen-Shannon divergence JSD(beta) per token.
 
     With teacher P, student Q and mixture M = beta * P + (1 - beta) * Q, this is
-    beta * KL(P || M) + (1 - beta) * KL(Q || M), as in Eq. 1 of the GKD paper (Agarwal et al.,
-    arXiv:2306.13649) and in TRL 1.16's `GKDTrainer.generalized_jsd_loss`, whose endpoint
-    convention this function shares. beta = 0.5 gives the symmetric JSD. The value itself vanishes at beta = 0 and beta = 1, but
-    JSD(beta) / beta tends to the forward KL(P || Q) as beta -> 0 and JSD(beta) / (1 - beta) to
-    the reverse KL(Q || P) as beta -> 1. This function returns those limits at the endpoints:
-    `beta=0` gives `forward_kl` and `beta=1` gives `reverse_kl`.
+    beta * KL(P || M) + (1 - beta) * KL(Q || M): the generalized JSD of GKD (Agarwal et al.,
+    arXiv:2306.13649), with the mixture and endpoint conventions of TRL 1.16's
+    `GKDTrainer.generalized_jsd_loss`. beta = 0.5 gives the symmetric JSD.
+
+    The value itself vanishes at beta = 0 and beta = 1. But JSD(beta) / beta tends to the
+    forward KL(P || Q) as beta -> 0, and JSD(beta) / (1 - beta) tends to the reverse KL(Q || P)
+    as beta -> 1. This function returns those limits at the endpoints: `beta=0` gives
+    `forward_kl` and `beta=1` gives `reverse_kl`.
 
     Shapes as in `reverse_kl`; `beta` must lie in [0, 1].
     """

@@ -80,9 +80,7 @@ def parse_record(obj: Any) -> Record:
         )
 
     if expert["role"] != "assistant":
-        raise ValueError(
-            f"the expert turn must be an assistant message, got role {expert['role']!r}"
-        )
+        raise ValueError(f"the expert turn must be an assistant message, got role {expert['role']!r}")
     if not _has_text(expert) and not expert.get("tool_calls"):
         raise ValueError("the expert turn has neither text content nor tool calls")
     if not prompt:
@@ -113,9 +111,7 @@ def iter_records(lines: Iterable[str | bytes], *, start_line: int = 1) -> Iterat
             raise RecordError(line_no, str(exc)) from exc
 
 
-def validate_lines(
-    lines: Iterable[str | bytes], *, max_errors: int = 50
-) -> tuple[int, list[RecordError]]:
+def validate_lines(lines: Iterable[str | bytes], *, max_errors: int = 50) -> tuple[int, list[RecordError]]:
     """Check every line; return the count of valid records and up to `max_errors` errors."""
     count, errors = 0, []
     for line_no, raw in enumerate(lines, start=1):
@@ -165,9 +161,7 @@ def normalize_message(message: Any, where: str) -> Message:
         if not isinstance(calls, list):
             raise ValueError(f"{where}.tool_calls: expected a list")
         if calls:
-            out["tool_calls"] = [
-                _normalize_tool_call(c, f"{where}.tool_calls[{i}]") for i, c in enumerate(calls)
-            ]
+            out["tool_calls"] = [_normalize_tool_call(c, f"{where}.tool_calls[{i}]") for i, c in enumerate(calls)]
         reasoning = message.get("reasoning_content")
         if isinstance(reasoning, str) and reasoning:
             out["reasoning_content"] = reasoning
@@ -205,11 +199,7 @@ def _normalize_tool_call(call: Any, where: str) -> dict[str, Any]:
     if not isinstance(call, dict):
         raise ValueError(f"{where}: expected an object")
     function = call.get("function", call)
-    if (
-        not isinstance(function, dict)
-        or not isinstance(function.get("name"), str)
-        or not function["name"]
-    ):
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
         raise ValueError(f"{where}.function.name: missing tool name")
     try:
         arguments = normalize_arguments(function.get("arguments"))

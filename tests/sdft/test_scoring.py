@@ -302,7 +302,7 @@ def test_rollout_hidden_states_reject_bad_lengths(tiny_llama_dir: Path) -> None:
 
 
 def test_peft_student_teacher_gradients_match_naive(tiny_qwen3_5_dir: Path) -> None:
-    """The student (adapter on) and teacher (adapter off) give equal LoRA gradients on both paths."""
+    """Student (adapter on) and teacher (adapter off) give equal LoRA gradients on both paths."""
     base = AutoModelForCausalLM.from_pretrained(tiny_qwen3_5_dir, dtype=torch.float32)
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "in_proj_qkv", "down_proj"])
     model = get_peft_model(base, config)
