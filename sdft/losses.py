@@ -4,7 +4,7 @@ Every function here is pure torch and returns one value per token position, so t
 decides which positions count. Logits have shape (..., V): (T, V) for one rollout, (B, T, V)
 for a padded batch. Divergences are computed from `log_softmax(logits / temperature)` over the
 full vocabulary, which is exact. With `top_k` set, both distributions are restricted to the
-student's k most likely tokens and renormalised there; that is an approximation which matches
+student's k most likely tokens and renormalised there. That is an approximation, and it matches
 the exact value only when k equals the vocabulary size.
 
 Normalisation used by the trainer (`masked_mean`): the loss of a micro-batch is the sum of the
@@ -118,12 +118,14 @@ def generalized_jsd(
     """Compute the generalized Jensen-Shannon divergence JSD(beta) per token.
 
     With teacher P, student Q and mixture M = beta * P + (1 - beta) * Q, this is
-    beta * KL(P || M) + (1 - beta) * KL(Q || M), the definition of Agarwal et al., "On-Policy
-    Distillation of Language Models: Learning from Self-Generated Mistakes" (GKD, ICLR 2024).
-    beta = 0.5 gives the symmetric JSD. The value itself vanishes at beta = 0 and beta = 1, but
-    JSD(beta) / beta tends to the forward KL(P || Q) as beta -> 0 and JSD(beta) / (1 - beta) to
-    the reverse KL(Q || P) as beta -> 1. This function returns those limits at the endpoints:
-    `beta=0` gives `forward_kl` and `beta=1` gives `reverse_kl`.
+    beta * KL(P || M) + (1 - beta) * KL(Q || M): the generalized JSD of GKD (Agarwal et al.,
+    arXiv:2306.13649), with the mixture and endpoint conventions of TRL 1.16's
+    `GKDTrainer.generalized_jsd_loss`. beta = 0.5 gives the symmetric JSD.
+
+    The value itself vanishes at beta = 0 and beta = 1. But JSD(beta) / beta tends to the
+    forward KL(P || Q) as beta -> 0, and JSD(beta) / (1 - beta) tends to the reverse KL(Q || P)
+    as beta -> 1. This function returns those limits at the endpoints: `beta=0` gives
+    `forward_kl` and `beta=1` gives `reverse_kl`.
 
     Shapes as in `reverse_kl`; `beta` must lie in [0, 1].
     """

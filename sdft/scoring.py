@@ -2,8 +2,8 @@
 
 A rollout of T tokens at the Qwen3.5 vocabulary (V = 248,320) has a (T, V) float32 logits
 tensor of about 1 GB per 1,000 tokens, per model, and autograd would keep several of them.
-Here the trunk returns hidden states only at the T positions that predict rollout tokens, and
-the LM head runs on chunks of rows, so at most one chunk of logits per model exists at a time,
+Here the trunk returns hidden states only at the T positions that predict rollout tokens. The
+LM head then runs on chunks of rows, so at most one chunk of logits per model exists at a time,
 in the forward pass and in the backward pass.
 
 Gradients: each token's divergence depends only on its own hidden row, because the LM head is
@@ -36,7 +36,7 @@ class TokenStats:
     """Per-token statistics of one rollout; every tensor is (T,) float32.
 
     `divergence` carries the gradient to the student hidden states. The log-probabilities of the
-    rollout tokens are taken at temperature 1 and are detached; `divergence` and
+    rollout tokens are taken at temperature 1 and are detached. `divergence` and
     `teacher_logprobs` are None when no teacher hidden states were given.
     """
 
@@ -280,10 +280,10 @@ def chunked_token_logprobs(
     *,
     chunk_bytes: int = 16 * 1024 * 1024,
 ) -> torch.Tensor:
-    """Return log p(target) per token at temperature 1, in chunks; differentiable.
+    """Compute the differentiable log p(target) per token at temperature 1, in chunks.
 
-    Used for the cross-entropy on expert reference tokens (its negative) and to check teacher
-    scores. Each chunk is checkpointed, so backward holds one chunk of logits at a time.
+    The cross-entropy on expert reference tokens is its negative, and teacher checks use it too.
+    Each chunk is checkpointed, so backward keeps one chunk of logits in memory at a time.
 
     Args:
         hidden: (T, H) hidden states that predict `targets`.
@@ -333,8 +333,8 @@ def naive_token_stats(
 ) -> TokenStats:
     """Compute the same statistics as `chunked_token_stats` from full (T, V) logits.
 
-    This is the reference for tests and benchmarks only: it holds the logits of both models for
-    the whole rollout, and autograd keeps them for backward.
+    This is the reference for tests and benchmarks only, because it materialises the logits of
+    both models for the whole rollout and autograd keeps them for backward.
     """
     student_logits = lm_head(student_hidden)  # (T, V)
     student_lp = token_logprobs(student_logits.detach(), targets)
