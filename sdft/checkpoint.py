@@ -243,7 +243,9 @@ def load_checkpoint(
 def _python_rng_states(random_state: RandomState) -> dict[str, Any]:
     states: dict[str, Any] = {
         "python": _encode_python_state(random.getstate()),
-        "named": {name: _encode_python_state(rng.getstate()) for name, rng in random_state.python.items()},
+        "named": {
+            name: _encode_python_state(rng.getstate()) for name, rng in random_state.python.items()
+        },
     }
     try:
         import numpy as np

@@ -21,7 +21,9 @@ logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 
 # Names whose values depend on wall-clock time, so two identical runs differ only here.
-TIMING_METRICS: frozenset[str] = frozenset({"time/step_s", "time/rollout_s", "throughput/tokens_per_s"})
+TIMING_METRICS: frozenset[str] = frozenset(
+    {"time/step_s", "time/rollout_s", "throughput/tokens_per_s"}
+)
 
 _DIVERGENCE_METRICS: dict[str, str] = {
     "reverse_kl": "kl/reverse",

@@ -81,7 +81,9 @@ class TeacherCheckReport:
                 f"{figures['logprob_without_reference']:.3f} without "
                 f"(gain {figures['gain']:+.3f}, {int(figures['records'])} records)"
             )
-            lines.append(f"  {'record':>6}  {'tokens':>6}  {'with':>8}  {'without':>8}  {'gain':>7}")
+            lines.append(
+                f"  {'record':>6}  {'tokens':>6}  {'with':>8}  {'without':>8}  {'gain':>7}"
+            )
             for row in (r for r in self.rows if r.layout == layout):
                 lines.append(
                     f"  {row.record_index:>6}  {row.expert_tokens:>6}  "
@@ -118,7 +120,9 @@ def run_teacher_check(
         for layout in layouts:
             builder = PromptBuilder(tokenizer, config, records, eos_token_ids=eos_token_ids)
             for index, prompts in _fitting_prompts(builder, config, records, layout, num_records):
-                with_ref = expert_logprobs(model, prompts.teacher.token_ids, prompts, config, device)
+                with_ref = expert_logprobs(
+                    model, prompts.teacher.token_ids, prompts, config, device
+                )
                 without = expert_logprobs(model, prompts.student.token_ids, prompts, config, device)
                 output = greedy_output(
                     model,

@@ -24,7 +24,7 @@ import logging
 import random
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,12 @@ from sdft.models.adapters import (
 from sdft.models.loading import load_model_and_tokenizer, resolve_device_dtype
 from sdft.prompts import ExamplePrompts, PromptBuilder, PromptError
 from sdft.rollout import Rollout, sample_rollout
-from sdft.scoring import chunked_token_logprobs, chunked_token_stats, lm_head_of, rollout_hidden_states
+from sdft.scoring import (
+    chunked_token_logprobs,
+    chunked_token_stats,
+    lm_head_of,
+    rollout_hidden_states,
+)
 from sdft.teacher_check import TeacherCheckReport, run_teacher_check
 
 logger = logging.getLogger(__name__)
@@ -184,6 +189,7 @@ class SDFTRun:
         self._prepared: dict[int, _Example | _Skip] = {}
         self._epoch_orders: dict[int, list[int]] = {}
         self._warned_records: set[int] = set()
+        self._last_skip_detail = ""
         self._trained = False
 
     # Public API.
@@ -250,23 +256,23 @@ class SDFTRun:
             raise TrainingError("save_merged() needs a trained model; call train() first")
         run_info = {
             "config": self.config.to_dict(),
-            "records": len(self.records),
-            "steps_done": self.state.step,
+            "dataset_records": len(self.records),
+            "steps": self.state.step,
             "skipped": dict(self.state.skipped),
             "rollouts": self.state.rollouts,
             "truncated_rollouts": self.state.truncated_rollouts,
         }
         if self.adapter_report is not None:
             run_info["adapter"] = self.adapter_report.to_dict()
-        return Path(
-            save_merged(
-                self.model,
-                self.tokenizer,
-                Path(out_dir),
-                base_model_dir=self.model_dir,
-                run_info=run_info,
-            )
+        report = save_merged(
+            self.model,
+            self.tokenizer,
+            Path(out_dir),
+            base_model_dir=self.model_dir,
+            run_info=run_info,
         )
+        self.model = None  # the merge consumed the adapter model
+        return report.out_dir
 
     # Setup.
 
@@ -280,7 +286,9 @@ class SDFTRun:
         if config.gradient_checkpointing:
             # Non-reentrant checkpointing works with frozen inputs; input grads keep the
             # reentrant path correct too should a model force it.
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
             model.enable_input_require_grads()
 
         self.model, self.adapter_report = attach_adapter(model, config)
@@ -315,7 +323,9 @@ class SDFTRun:
             python={"policy": self._policy_rng}, torch={"rollout": self._rollout_generator}
         )
 
-    def _check_resumable(self, saved_config: dict[str, Any], saved_records: int, path: Path) -> None:
+    def _check_resumable(
+        self, saved_config: dict[str, Any], saved_records: int, path: Path
+    ) -> None:
         if saved_records != len(self.records):
             raise TrainingError(
                 f"{path} was trained on {saved_records} records but this run has "
