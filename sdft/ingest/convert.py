@@ -326,7 +326,13 @@ class Conversion:
         self._seen.add(key)
         if self._length is None:
             return None
-        lengths = self._length(record)
+        try:
+            lengths = self._length(record)
+        except ValueError as exc:
+            # The chat template cannot render this record, so training could not use it.
+            if self.report.dropped[reasons.TEMPLATE_ERROR] < 10:
+                logger.warning("dropped a record the chat template cannot render: %s", exc)
+            return reasons.TEMPLATE_ERROR
         for name, value in lengths.items():
             self.report.token_lengths.setdefault(name, []).append(value)
         limit = self._max_teacher_prompt_tokens
@@ -352,7 +358,7 @@ def convert(
 
     Returns a Conversion: iterate it for records (streamed in input order), then read
     `.report` for what was kept, dropped and why. See Conversion for strict and lenient
-    mode. `teacher_prompt_length` overrides the estimate built from `tokenizer`, and
+    mode. `teacher_prompt_length` replaces the length function built from `tokenizer`, and
     `dedup_keys` shares duplicate detection across several conversions.
     """
     return Conversion(

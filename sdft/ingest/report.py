@@ -18,7 +18,7 @@ DUPLICATE = "duplicate"
 TEACHER_PROMPT_TOO_LONG = "teacher_prompt_too_long"
 HAS_IMAGES = "has_images"
 WEIGHT_ZERO = "weight_zero"
-INVALID_RECORD = "invalid_record"
+TEMPLATE_ERROR = "template_error"
 
 TOKEN_LENGTH_KEYS = ("student_prompt", "teacher_prompt", "expert_turn")
 
