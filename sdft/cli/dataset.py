@@ -105,16 +105,16 @@ def convert_command(
                     has_vision=has_vision,
                     dedup_keys=seen,
                 )
-                shown = 0
+                reported = 0
                 try:
                     for record in conversion:
                         out.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
-                        shown = _advance(bar, conversion.bytes_read, shown)
+                        reported = _advance(bar, conversion.bytes_read, reported)
                 except IngestErrors as exc:
                     _fail(path, exc.errors, exc.total)
                 except IngestError as exc:
                     _fail(path, [exc], 1)
-                _advance(bar, conversion.bytes_read, shown)
+                _advance(bar, conversion.bytes_read, reported)
                 report = conversion.report.to_dict()
                 reports.append({"input": str(path), **report})
                 _print_report(path, report)
@@ -157,9 +157,9 @@ def inspect_command(
     )
     try:
         with _progress([path]) as bar:
-            shown = 0
+            reported = 0
             for _ in conversion:
-                shown = _advance(bar, conversion.bytes_read, shown)
+                reported = _advance(bar, conversion.bytes_read, reported)
     except IngestError as exc:
         _fail(path, [exc], 1)
     report = conversion.report.to_dict()
@@ -202,10 +202,10 @@ def _progress(inputs: list[Path]) -> Any:
     )
 
 
-def _advance(bar: Any, bytes_read: int, shown: int) -> int:
-    if bytes_read > shown:
-        bar.update(bytes_read - shown)
-    return max(bytes_read, shown)
+def _advance(bar: Any, bytes_read: int, reported: int) -> int:
+    if bytes_read > reported:
+        bar.update(bytes_read - reported)
+    return max(bytes_read, reported)
 
 
 def _fail(path: Path, errors: list[Any], total: int) -> None:
@@ -226,6 +226,7 @@ def _fail(path: Path, errors: list[Any], total: int) -> None:
 def _print_report(path: Path, report: dict[str, Any]) -> None:
     echo = typer.echo
     echo(f"{path}: format {report['format']}")
+
     echo(
         f"  records {report['records']} from {report['turns']} assistant turns "
         f"in {report['conversations']} conversations"
@@ -236,6 +237,7 @@ def _print_report(path: Path, report: dict[str, Any]) -> None:
         echo(f"  reasoning blocks removed: {report['reasoning_removed']}")
     for kind, count in report["skipped_events"].items():
         echo(f"  skipped {count} non-dialogue lines: {kind}")
+
     stats = report["turns_per_conversation"]
     echo(
         f"  turns per conversation: min {stats['min']}, median {stats['median']}, "
@@ -251,6 +253,7 @@ def _print_report(path: Path, report: dict[str, Any]) -> None:
             f"  {kind} tokens: p50 {values['p50']}, p90 {values['p90']}, "
             f"p99 {values['p99']}, max {values['max']}"
         )
+
     if report["error_count"]:
         echo(f"  invalid lines skipped: {report['error_count']}")
         for error in report["errors"]:

@@ -189,7 +189,7 @@ def tool_content(value: Any) -> str:
 
 
 def link_tool_results(messages: list[Message]) -> None:
-    """Point every tool message at the call it answers, in place.
+    """Link every tool message to the call whose result it is, in place.
 
     Calls without an id, and every call of a turn whose ids repeat (placeholders such as
     `call_id`), get `call_<n>`, numbered through the conversation; results of such a turn
@@ -213,9 +213,9 @@ def link_tool_results(messages: list[Message]) -> None:
             position = 0
         elif role == "tool":
             ids = [call["id"] for call in calls]
-            given = message.get("tool_call_id")
-            if not renamed and given in ids:
-                call = calls[ids.index(given)]
+            result_id = message.get("tool_call_id")
+            if not renamed and result_id in ids:
+                call = calls[ids.index(result_id)]
             elif position < len(calls):
                 call = calls[position]
             else:

@@ -37,7 +37,7 @@ class IngestError(ValueError):
 class IngestErrors(IngestError):
     """Several invalid lines found in strict mode.
 
-    `errors` holds the first MAX_REPORTED_ERRORS of them and `total` counts all of them.
+    `errors` contains the first MAX_REPORTED_ERRORS of them and `total` counts all of them.
     """
 
     def __init__(self, errors: list[IngestError], total: int):

@@ -52,7 +52,7 @@ class Line:
 class InputStream:
     """Decompressed input read as bounded lines or as one document.
 
-    Gzip input is detected by its magic bytes, whatever the file name says.
+    Gzip input is detected by its magic bytes, whatever the file name is.
     """
 
     def __init__(self, source: BinaryIO, *, max_line_bytes: int):

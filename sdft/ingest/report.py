@@ -1,4 +1,4 @@
-"""What a conversion kept, dropped and skipped, and why."""
+"""Conversion reports: counts of the records kept and of the turns and lines left out, by reason."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Some exporters write parameter types as Python annotations (`str`, `dict`, `List[int]`,
 `int, optional`) and put `required` beside `parameters` instead of inside it. Chat
 templates print the schema as given, so the student would learn from a schema that
-no JSON Schema validator or tool runtime accepts; they are rewritten here.
+no JSON Schema validator or tool runtime accepts. This module rewrites them.
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ def test_non_dialogue_lines_skipped() -> None:
 def test_answered_meta_line_kept() -> None:
     records = list(convert(DATA / "non_dialogue.jsonl"))
 
-    # The stop hook feedback is what the last turn answers, so it is its context.
+    # The last turn replies to the stop-hook feedback, so the feedback ends its context.
     last = records[-1]
     assert last.prompt[-1] == {
         "role": "user",

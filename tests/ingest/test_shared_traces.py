@@ -16,9 +16,9 @@ CASES = [
     pytest.param(
         # One user prompt, then one assistant message (msg_01MKH…) written over five lines:
         # an empty text block, a signed thinking block, a text block and two parallel tool
-        # calls (Bash, Glob), with a hook progress line between the calls. Both calls are
-        # rejected by the user, then an interruption notice and two /model local-command
-        # lines follow; none of those is dialogue, so the single turn is the only record.
+        # calls (Bash, Glob), with a hook progress line between the calls. The user rejects
+        # both calls. An interruption notice and two /model local-command lines follow,
+        # and none of them is dialogue, so the single turn is the only record.
         "claude_code/session_short.jsonl",
         "claude_code",
         1,
@@ -33,10 +33,9 @@ CASES = [
         id="claude_code_short",
     ),
     pytest.param(
-        # 14 assistant messages (by message.id) after one user request. Two `isMeta` stop
-        # hook feedback lines are each answered directly by the next assistant message,
-        # so they stay as user messages and every turn has a user message before it. The
-        # first line is a queue operation.
+        # 14 assistant messages (by message.id) after one user request. The next assistant
+        # message replies to each of the two `isMeta` stop-hook feedback lines, so they stay
+        # as user messages. The first line is a queue operation.
         "claude_code/session_coverage_fix.jsonl",
         "claude_code",
         14,
@@ -59,8 +58,8 @@ CASES = [
         id="claude_code_progress_heavy",
     ),
     pytest.param(
-        # 8 records of one system + user + one assistant tool call each; all user texts
-        # differ, so nothing is a duplicate even though the calls repeat.
+        # 8 records, each a system and a user message and one assistant tool call. The
+        # calls repeat, but no two user texts are the same, so nothing is a duplicate.
         "openai_chat/drone_tools_head.jsonl",
         "openai",
         8,
@@ -70,8 +69,8 @@ CASES = [
         id="openai_drone",
     ),
     pytest.param(
-        # 48 conversations with 160 gpt and function_call turns in all; every call names
-        # a tool of its record, no turn is empty and no first message repeats.
+        # 48 conversations with 160 gpt and function_call turns in all. Every call names
+        # a tool of its record, no turn is empty, and no first message repeats.
         "sharegpt/glaive_toolcall_zh_head.json",
         "sharegpt",
         160,
@@ -169,7 +168,7 @@ def test_drone_double_encoded_arguments() -> None:
 def test_reasoning_parts_grouped_results_split() -> None:
     records = list(convert(TRACES / "messages_tools/reason_tool_use_50.jsonl"))
 
-    # Line 3: two circle_area calls answered by one tool message holding both results.
+    # Line 3: one tool message contains the results of both circle_area calls.
     with_results = [
         r for r in records if r.prompt[-1]["role"] == "tool" and "circle" in str(r.prompt)
     ]
@@ -186,7 +185,7 @@ def test_reasoning_parts_schema_types_normalized() -> None:
     first = next(iter(convert(TRACES / "messages_tools/reason_tool_use_50.jsonl")))
     schema = first.tools[0]["function"]["parameters"]
 
-    # The source says "dict" and "str", with `required` beside `parameters`.
+    # The source declares "dict" and "str", with `required` beside `parameters`.
     assert schema["type"] == "object"
     assert schema["properties"]["identifier"]["type"] == "string"
     assert schema["required"] == ["identifier"]

@@ -45,12 +45,12 @@ def test_long_teacher_prompts_dropped(tokenizer: Any) -> None:
     limit = sorted(teacher)[len(teacher) // 2]
 
     limited = convert(path, tokenizer=tokenizer, max_teacher_prompt_tokens=limit)
-    kept = list(limited)
+    kept_records = list(limited)
 
     too_long = sum(1 for value in teacher if value > limit)
     assert too_long > 0
     assert limited.report.dropped == {"teacher_prompt_too_long": too_long}
-    assert len(kept) == 14 - too_long
+    assert len(kept_records) == 14 - too_long
 
 
 def test_percentiles_in_report(tokenizer: Any) -> None:

@@ -1,7 +1,7 @@
 """Claude Code session logs: JSONL with one event per line, read whole per session.
 
-Claude Code writes each content block of an assistant message on its own line, all
-sharing `message.id`, and the tool results come back as `user` lines whose
+Claude Code writes each content block of an assistant message on its own line, and
+all of these lines share `message.id`. Tool results come back as `user` lines whose
 `tool_result` blocks name the call by `tool_use_id`, sometimes between two blocks of the
 same message. The assembler merges the blocks of one message into one assistant turn
 and puts its results after it in call order.
@@ -113,9 +113,11 @@ class ClaudeCodeAssembler:
                 self.skipped["repeated_event"] += 1
                 return
             self._seen.add(uuid)
+
         if event.get("isSidechain"):
             self.skipped["sidechain"] += 1
             return
+
         session = self._sessions.setdefault(
             str(event.get("sessionId", "")), _Session(first_line=line)
         )
@@ -125,6 +127,7 @@ class ClaudeCodeAssembler:
             else:
                 self.skipped[f"system_{event.get('subtype') or 'line'}"] += 1
             return
+
         message = event.get("message")
         if not isinstance(message, dict):
             raise ValueError(f"a {kind} line has no 'message' object")
@@ -141,14 +144,14 @@ class ClaudeCodeAssembler:
             return
         content = message.get("content")
         blocks = content if isinstance(content, list) else [content]
-        kept = []
+        dialogue_blocks = []
         for block in blocks:
             block_type = block.get("type") if isinstance(block, dict) else "text"
             if block_type in _ASSISTANT_BLOCKS:
-                kept.append(block)
+                dialogue_blocks.append(block)
             else:
                 self.skipped[f"assistant_block_{block_type}"] += 1
-        parts = parse_parts(kept, "message.content")
+        parts = parse_parts(dialogue_blocks, "message.content")
         message_id = message.get("id") or event.get("uuid")
         session.events.append(_Event("assistant", line, parts, message_id=str(message_id)))
 

@@ -173,7 +173,7 @@ def _split_grouped_results(tool: Message, before: list[Message]) -> list[Message
 
 
 def _pending_calls(before: list[Message]) -> list[dict[str, Any]]:
-    """Return the calls of the assistant turn that the next tool message answers."""
+    """Return the calls of the assistant turn that the next tool message belongs to."""
     for message in reversed(before):
         if message["role"] == "assistant":
             return message.get("tool_calls") or []
