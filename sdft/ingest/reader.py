@@ -63,7 +63,8 @@ class InputStream:
             gzip.GzipFile(fileobj=buffered, mode="rb") if self.compressed else buffered  # type: ignore[assignment]
         )
         self._max_line_bytes = max_line_bytes
-        self._pushed_back: tuple[Line, bool] | None = None
+        # A line read by peek_line: the line, whether it is overlong, and its raw bytes.
+        self._pushed_back: tuple[Line, bool, bytes] | None = None
         self._next_number = 1
         self._offset = 0
 
@@ -123,7 +124,8 @@ class InputStream:
             self._next_number += 1
             self._offset += len(data)
             overlong = len(data) >= self._max_line_bytes and not data.endswith(b"\n")
-            self._pushed_back = (Line(number, offset, data.rstrip(b"\n").rstrip(b"\r")), overlong)
+            line = Line(number, offset, data.rstrip(b"\n").rstrip(b"\r"))
+            self._pushed_back = (line, overlong, data)
         return self._pushed_back[0].data
 
     def lines(self) -> Iterator[Line | IngestError]:
@@ -133,7 +135,7 @@ class InputStream:
         """
         while True:
             if self._pushed_back is not None:
-                line, overlong = self._pushed_back
+                line, overlong, _ = self._pushed_back
                 self._pushed_back = None
                 if overlong:
                     self._offset += self._skip_to_line_end()
@@ -180,8 +182,13 @@ class InputStream:
                 return skipped
 
     def read_rest(self, limit: int) -> bytes:
-        """Read everything left, failing once more than `limit` bytes are buffered."""
+        """Read everything left, a line read by peek_line included, failing once more than
+        `limit` bytes are buffered."""
         chunks, size = [], 0
+        if self._pushed_back is not None:
+            chunks.append(self._pushed_back[2])
+            size = len(self._pushed_back[2])
+            self._pushed_back = None
         while True:
             chunk = self._read("read", _READ_CHUNK)
             if not chunk:

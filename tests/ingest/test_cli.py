@@ -172,14 +172,3 @@ def test_inspect_json_without_model() -> None:
     assert report["format"] == "sharegpt"
     assert report["records"] == 160
     assert "token_lengths" not in report
-
-
-def test_root_cli_has_dataset_commands() -> None:
-    from sdft.cli import _register_commands, app
-
-    _register_commands()
-    result = CliRunner().invoke(app, ["dataset", "--help"])
-
-    assert result.exit_code == 0
-    assert "convert" in result.output
-    assert "inspect" in result.output

@@ -264,3 +264,15 @@ def test_memory_bounded_for_jsonl(tmp_path: Path) -> None:
     # Lines are streamed: the read buffers are a fixed cost and only the 16-byte
     # duplicate keys grow with the input, so 7 MB more input costs far less than 1 MB.
     assert large_peak - small_peak < (large_size - small_size) / 10
+
+
+def test_pretty_printed_document_complete(tmp_path: Path) -> None:
+    trajectory = json.loads((DATA / "swe_agent/repeated_ids.traj").read_text())
+    path = tmp_path / "pretty.traj"
+    # The history starts on line 2, the line read ahead to tell a document from JSONL.
+    path.write_text('{\n"history":\n' + json.dumps(trajectory["history"], indent=2) + "\n}\n")
+
+    records = list(convert(path))
+
+    assert len(records) == 3
+    assert records[0].prompt[0]["content"] == "You are an autonomous programmer."
