@@ -107,3 +107,15 @@ def test_sessions_kept_apart(tmp_path: Path) -> None:
     # The second session repeats the first one's dialogue, so its turns are duplicates.
     assert len(records) == 2
     assert conversion.report.dropped == {"duplicate": 2}
+
+
+def test_meta_lines_kept_when_replied_to() -> None:
+    conversion = convert(DATA / "meta_lines.jsonl")
+    _, second, third = list(conversion)
+
+    # Two meta lines in a row before a reply both stay, after the tool result.
+    assert [m["role"] for m in second.prompt] == ["user", "assistant", "tool", "user", "user"]
+    assert second.prompt[-1]["content"] == "Read deploy.log before you reply."
+    # A meta line followed by a user message is skipped.
+    assert "not a reply" not in json.dumps(third.prompt)
+    assert conversion.report.skipped_events == {"meta": 1}

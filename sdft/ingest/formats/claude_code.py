@@ -236,11 +236,12 @@ def _assemble(session: _Session, skipped: Counter[str]) -> Iterator[Conversation
             held_meta = []
             turn = _Event("assistant", event.line, _copy(event.parts), message_id=event.message_id)
             continue
-        skipped["meta"] += len(held_meta)
-        held_meta = []
         if event.kind == "meta":
             held_meta.append(event)
-        elif event.kind == "boundary":
+            continue
+        skipped["meta"] += len(held_meta)
+        held_meta = []
+        if event.kind == "boundary":
             if messages:
                 yield Conversation(messages=messages, line=first_line, reasoning_removed=reasoning)
             messages, reasoning, first_line = [], 0, event.line
