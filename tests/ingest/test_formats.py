@@ -193,3 +193,9 @@ def test_explicit_format_overrides_detection(tmp_path: Path) -> None:
 def test_unknown_format_name_rejected() -> None:
     with pytest.raises(IngestError, match="unknown format 'alpaca'"):
         convert(DATA / "openai/tricky.jsonl", format="alpaca")
+
+
+def test_swe_agent_without_command_docs() -> None:
+    records = list(convert(DATA / "swe_agent/repeated_ids.traj"))
+
+    assert all(record.tools is None for record in records)

@@ -199,3 +199,18 @@ def test_sweagent_keeps_crlf_output() -> None:
     assert last.completion["tool_calls"][0]["function"]["name"] == "submit"
     assert len(tool_messages) == 10
     assert "\r\n" in tool_messages[0]["content"]
+
+
+def test_sweagent_tools_from_command_docs() -> None:
+    first = next(iter(convert(TRACES / "agent_trajectories/sweagent_function_calling.traj")))
+    names = [tool["function"]["name"] for tool in first.tools]
+    by_name = {tool["function"]["name"]: tool["function"] for tool in first.tools}
+
+    assert names == [
+        "bash", "goto", "open", "create", "scroll_up", "scroll_down", "find_file",
+        "search_dir", "search_file", "edit", "insert", "submit",
+    ]  # fmt: skip
+    assert by_name["open"]["parameters"]["required"] == ["path"]
+    assert by_name["open"]["parameters"]["properties"]["line_number"]["type"] == "integer"
+    assert by_name["edit"]["parameters"]["properties"]["replace-all"]["type"] == "boolean"
+    assert by_name["submit"]["parameters"]["properties"] == {}
