@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import tempfile
 import tracemalloc
 from pathlib import Path
 
@@ -276,3 +277,17 @@ def test_pretty_printed_document_complete(tmp_path: Path) -> None:
 
     assert len(records) == 3
     assert records[0].prompt[0]["content"] == "You are an autonomous programmer."
+
+
+def test_spooled_upload_accepted() -> None:
+    # FastAPI hands uploads over as a SpooledTemporaryFile, which has no peek().
+    with tempfile.SpooledTemporaryFile(max_size=1024) as upload:
+        upload.write(gzip.compress(_lines(GOOD) * 100))
+        upload.seek(0)
+
+        conversion = convert(upload, filename="upload.jsonl.gz")  # type: ignore[arg-type]
+        records = list(conversion)
+
+    assert len(records) == 1
+    assert conversion.report.dropped == {"duplicate": 99}
+    assert conversion.bytes_read > 0

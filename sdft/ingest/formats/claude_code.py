@@ -232,7 +232,7 @@ def _assemble(session: _Session, skipped: Counter[str]) -> Iterator[Conversation
         close_turn()
         if event.kind == "assistant":
             for meta in held_meta:
-                messages.append(build_message("user", meta.parts))
+                messages.append(build_message("user", meta.parts, separator="\n\n"))
             held_meta = []
             turn = _Event("assistant", event.line, _copy(event.parts), message_id=event.message_id)
             continue
@@ -246,7 +246,7 @@ def _assemble(session: _Session, skipped: Counter[str]) -> Iterator[Conversation
                 yield Conversation(messages=messages, line=first_line, reasoning_removed=reasoning)
             messages, reasoning, first_line = [], 0, event.line
         else:  # user or summary
-            messages.append(build_message("user", event.parts))
+            messages.append(build_message("user", event.parts, separator="\n\n"))
     close_turn()
     skipped["meta"] += len(held_meta)
     if messages:
@@ -272,7 +272,7 @@ def _ordered_results(turn: Message, results: list[_Event], skipped: Counter[str]
         event = by_id.pop(call.get("id"), None)
         if event is None:
             continue
-        message = build_message("tool", event.parts)
+        message = build_message("tool", event.parts, separator="\n\n")
         message["tool_call_id"] = call["id"]
         message["name"] = call["function"]["name"]
         out.append(message)
