@@ -86,10 +86,10 @@ def convert_command(
 
     Exits with status 2, writing nothing, when an input is invalid (unless --lenient).
     """
-    from sdft.ingest import IngestError, IngestErrors, convert
+    from sdft.ingest import DigestSet, IngestError, IngestErrors, convert
 
     tokenizer, has_vision = _load_model_info(model)
-    seen: set[bytes] = set()
+    seen = DigestSet()
     reports: list[dict[str, Any]] = []
     output.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)

@@ -10,6 +10,7 @@ from sdft.ingest.convert import (
     Conversion,
     convert,
 )
+from sdft.ingest.dedup import DigestSet, record_key
 from sdft.ingest.detect import FORMATS, detect_format, resolve_format
 from sdft.ingest.errors import MAX_REPORTED_ERRORS, IngestError, IngestErrors
 from sdft.ingest.report import ConversionReport
@@ -22,11 +23,13 @@ __all__ = [
     "MAX_REPORTED_ERRORS",
     "Conversion",
     "ConversionReport",
+    "DigestSet",
     "IngestError",
     "IngestErrors",
     "convert",
     "detect_format",
     "make_length_function",
+    "record_key",
     "render_expert_turn",
     "resolve_format",
 ]

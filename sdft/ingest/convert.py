@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -11,6 +12,7 @@ from typing import Any, BinaryIO
 from sdft.data.records import Record
 from sdft.ingest import report as reasons
 from sdft.ingest.conversation import Conversation
+from sdft.ingest.dedup import DigestSet, record_key
 from sdft.ingest.detect import (
     ARRAY_FORMATS,
     CONVERTERS,
@@ -25,7 +27,7 @@ from sdft.ingest.errors import MAX_REPORTED_ERRORS, IngestError, IngestErrors
 from sdft.ingest.formats.claude_code import ClaudeCodeAssembler
 from sdft.ingest.reader import InputStream, Line, decode_document, decode_line, open_source
 from sdft.ingest.report import ConversionReport
-from sdft.ingest.split import record_key, split_turns
+from sdft.ingest.split import split_turns
 from sdft.ingest.tokens import LengthFunction, make_length_function
 
 logger = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ class Conversion:
         max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
         filename: str | None = None,
         teacher_prompt_length: LengthFunction | None = None,
-        dedup_keys: set[bytes] | None = None,
+        dedup_keys: DigestSet | None = None,
     ):
         try:
             self._format = resolve_format(format)
@@ -78,7 +80,7 @@ class Conversion:
         self._length = teacher_prompt_length
         self.report = ConversionReport(format=self._format)
         # Pass one set to several conversions to drop duplicates across their inputs too.
-        self._seen: set[bytes] = dedup_keys if dedup_keys is not None else set()
+        self._seen = dedup_keys if dedup_keys is not None else DigestSet()
         self._stream: InputStream | None = None
         self._started = False
 
@@ -320,10 +322,8 @@ class Conversion:
         report.turns_per_conversation_counts[turns] += 1
 
     def _filter(self, record: Record) -> str | None:
-        key = record_key(record)
-        if key in self._seen:
+        if not self._seen.add(record_key(record)):
             return reasons.DUPLICATE
-        self._seen.add(key)
         if self._length is None:
             return None
         try:
@@ -334,7 +334,7 @@ class Conversion:
                 logger.warning("dropped a record the chat template cannot render: %s", exc)
             return reasons.TEMPLATE_ERROR
         for name, value in lengths.items():
-            self.report.token_lengths.setdefault(name, []).append(value)
+            self.report.token_lengths.setdefault(name, array("I")).append(value)
         limit = self._max_teacher_prompt_tokens
         if limit is not None and lengths["teacher_prompt"] > limit:
             return reasons.TEACHER_PROMPT_TOO_LONG
@@ -352,7 +352,7 @@ def convert(
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     filename: str | None = None,
     teacher_prompt_length: LengthFunction | None = None,
-    dedup_keys: set[bytes] | None = None,
+    dedup_keys: DigestSet | None = None,
 ) -> Conversion:
     """Convert a trace file into per-turn records.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +45,8 @@ class ConversionReport:
     reasoning_removed: int = 0
     tools_used: Counter[str] = field(default_factory=Counter)
     turns_per_conversation_counts: Counter[int] = field(default_factory=Counter)
-    token_lengths: dict[str, list[int]] = field(default_factory=dict)
+    # Token counts per kind, one entry per measured record, as compact unsigned-int arrays.
+    token_lengths: dict[str, array[int]] = field(default_factory=dict)
 
     def add_error(self, error: IngestError) -> None:
         self.error_count += 1

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterator
-from typing import Any
 
 from sdft.data.records import Message, Record, parse_record
 from sdft.ingest import report as reasons
@@ -66,27 +63,3 @@ def _text_of(message: Message) -> str:
     if isinstance(content, list):
         return "".join(part.get("text", "") for part in content if part.get("type") == "text")
     return content
-
-
-def record_key(record: Record) -> bytes:
-    """Return a content hash of the record that ignores tool-call ids.
-
-    Ids are arbitrary labels (two exports of one conversation rarely share them) and
-    chat templates of the Qwen family do not render them.
-    """
-    payload = {
-        "prompt": [_without_ids(m) for m in record.prompt],
-        "completion": _without_ids(record.completion),
-        "tools": record.tools,
-    }
-    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
-
-
-def _without_ids(message: Message) -> dict[str, Any]:
-    out = {key: value for key, value in message.items() if key != "tool_call_id"}
-    if "tool_calls" in out:
-        out["tool_calls"] = [
-            {key: value for key, value in call.items() if key != "id"} for call in out["tool_calls"]
-        ]
-    return out

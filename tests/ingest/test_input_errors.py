@@ -262,7 +262,7 @@ def test_memory_bounded_for_jsonl(tmp_path: Path) -> None:
     large_count, large_peak = _peak_memory(tmp_path / "large.jsonl")
 
     assert (small_count, large_count) == (500, 4000)
-    # Lines are streamed: the read buffers are a fixed cost and only the 16-byte
+    # Lines are streamed: the read buffers are a fixed cost and only the 64-bit
     # duplicate keys grow with the input, so 7 MB more input costs far less than 1 MB.
     assert large_peak - small_peak < (large_size - small_size) / 10
 

@@ -1,0 +1,85 @@
+"""Duplicate detection over record content hashes, in a compact table."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from array import array
+from typing import Any
+
+from sdft.data.records import Message, Record
+
+_INITIAL_SLOTS = 1024
+
+
+def record_key(record: Record) -> int:
+    """Return a 64-bit content hash of the record that ignores tool-call ids.
+
+    Ids are arbitrary labels (two exports of one conversation rarely share them), and
+    the Qwen3 and Qwen3.5 chat templates do not render them. With 64 bits, two distinct
+    records among ten million collide with a probability of about 3e-6.
+    """
+    payload = {
+        "prompt": [_without_ids(m) for m in record.prompt],
+        "completion": _without_ids(record.completion),
+        "tools": record.tools,
+    }
+    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+class DigestSet:
+    """A set of 64-bit hashes stored in an open-addressing table of 8-byte slots.
+
+    The table is at most half full, so it takes 16 to 32 bytes a key (up to 48 while it
+    doubles), against about 100 bytes a key for a Python set of 16-byte digests, measured
+    with tracemalloc on CPython 3.11. Pass one DigestSet to several conversions to drop
+    duplicates across their inputs.
+    """
+
+    def __init__(self) -> None:
+        self._slots = array("Q", [0]) * _INITIAL_SLOTS
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def add(self, key: int) -> bool:
+        """Insert `key`; return False when it was already present."""
+        key = key or 1  # 0 marks an empty slot
+        if 2 * (self._size + 1) > len(self._slots):
+            self._grow()
+        if self._insert(self._slots, key):
+            self._size += 1
+            return True
+        return False
+
+    @staticmethod
+    def _insert(slots: array, key: int) -> bool:
+        mask = len(slots) - 1
+        index = key & mask
+        while True:
+            value = slots[index]
+            if value == 0:
+                slots[index] = key
+                return True
+            if value == key:
+                return False
+            index = (index + 1) & mask
+
+    def _grow(self) -> None:
+        old = self._slots
+        self._slots = array("Q", [0]) * (2 * len(old))
+        for key in old:
+            if key:
+                self._insert(self._slots, key)
+
+
+def _without_ids(message: Message) -> dict[str, Any]:
+    out = {key: value for key, value in message.items() if key != "tool_call_id"}
+    if "tool_calls" in out:
+        out["tool_calls"] = [
+            {key: value for key, value in call.items() if key != "id"} for call in out["tool_calls"]
+        ]
+    return out
