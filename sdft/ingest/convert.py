@@ -12,7 +12,7 @@ from typing import Any, BinaryIO
 from sdft.data.records import Record
 from sdft.ingest import report as reasons
 from sdft.ingest.conversation import Conversation
-from sdft.ingest.dedup import DigestSet, record_key
+from sdft.ingest.dedup import DigestSet, digest_tools, record_key
 from sdft.ingest.detect import (
     ARRAY_FORMATS,
     CONVERTERS,
@@ -305,10 +305,11 @@ class Conversion:
         report.conversations += 1
         report.reasoning_removed += conversation.reasoning_removed
         turns = 0
+        tools_digest = digest_tools(conversation.tools)
         for record, reason in split_turns(conversation, has_vision=self._has_vision):
             turns += 1
             if record is not None:
-                reason = self._filter(record)
+                reason = self._filter(record, tools_digest)
             if reason is not None:
                 report.dropped[reason] += 1
                 continue
@@ -321,8 +322,8 @@ class Conversion:
         report.turns += turns
         report.turns_per_conversation_counts[turns] += 1
 
-    def _filter(self, record: Record) -> str | None:
-        if not self._seen.add(record_key(record)):
+    def _filter(self, record: Record, tools_digest: bytes) -> str | None:
+        if not self._seen.add(record_key(record, tools_digest)):
             return reasons.DUPLICATE
         if self._length is None:
             return None

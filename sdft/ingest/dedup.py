@@ -12,21 +12,47 @@ from sdft.data.records import Message, Record
 _INITIAL_SLOTS = 1024
 
 
-def record_key(record: Record) -> int:
+def record_key(record: Record, tools_digest: bytes | None = None) -> int:
     """Return a 64-bit content hash of the record that ignores tool-call ids.
 
     Ids are arbitrary labels (two exports of one conversation rarely share them), and
     the Qwen3 and Qwen3.5 chat templates do not render them. With 64 bits, two distinct
-    records among ten million collide with a probability of about 3e-6.
+    records among ten million collide with a probability of about 3e-6. Pass the
+    `tools_digest` of the record's tools when hashing many records that share them.
     """
     payload = {
         "prompt": [_without_ids(m) for m in record.prompt],
         "completion": _without_ids(record.completion),
-        "tools": record.tools,
     }
-    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
+    hasher = hashlib.blake2b(digest_size=8)
+    hasher.update(_canonical(payload))
+    hasher.update(tools_digest if tools_digest is not None else digest_tools(record.tools))
+    return int.from_bytes(hasher.digest(), "little")
+
+
+def digest_tools(tools: list[dict[str, Any]] | None) -> bytes:
+    """Return a 16-byte hash of a tool list, remembered for the lists seen last.
+
+    `parse_tools` hands out one shared list per distinct tool set, so most calls find
+    their list here. An entry keeps its list alive, so its id cannot be reused meanwhile.
+    """
+    entry = _recent_digests.get(id(tools))
+    if entry is not None and entry[0] is tools:
+        return entry[1]
+    digest = hashlib.blake2b(_canonical(tools), digest_size=16).digest()
+    if len(_recent_digests) >= _RECENT_SIZE:
+        _recent_digests.pop(next(iter(_recent_digests)))
+    _recent_digests[id(tools)] = (tools, digest)
+    return digest
+
+
+_RECENT_SIZE = 256
+_recent_digests: dict[int, tuple[Any, bytes]] = {}
+
+
+def _canonical(value: Any) -> bytes:
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return text.encode("utf-8")
 
 
 class DigestSet:

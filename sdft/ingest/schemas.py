@@ -38,9 +38,26 @@ def parse_tools(value: Any) -> list[dict[str, Any]] | None:
 
     Accepts a list or its JSON string encoding, entries with or without the `function`
     wrapper. Raises ValueError naming the entry that has no function name.
+    Datasets repeat one tool set across many records, so results are cached by the JSON
+    text of the input and shared between calls: callers must not modify them.
     """
     if value is None or value == "" or value == []:
         return None
+    key = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    cached = _cache.get(key)
+    if cached is None:
+        cached = _parse_tools_uncached(value)
+        if len(_cache) >= _CACHE_SIZE:
+            _cache.pop(next(iter(_cache)))
+        _cache[key] = cached
+    return cached or None
+
+
+_CACHE_SIZE = 256
+_cache: dict[str, list[dict[str, Any]]] = {}
+
+
+def _parse_tools_uncached(value: Any) -> list[dict[str, Any]]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -50,8 +67,6 @@ def parse_tools(value: Any) -> list[dict[str, Any]] | None:
         value = [value]
     if not isinstance(value, list) or not all(isinstance(tool, dict) for tool in value):
         raise ValueError("tools: expected a list of tool schemas")
-    if not value:
-        return None
     tools = []
     for index, tool in enumerate(value):
         function = tool.get("function", tool)
