@@ -58,9 +58,9 @@ def _canonical(value: Any) -> bytes:
 class DigestSet:
     """A set of 64-bit hashes stored in an open-addressing table of 8-byte slots.
 
-    The table is at most half full, so it takes 16 to 32 bytes a key (up to 48 while it
-    doubles), against about 100 bytes a key for a Python set of 16-byte digests, measured
-    with tracemalloc on CPython 3.11. Pass one DigestSet to several conversions to drop
+    The table is at most half full, so it takes 16 to 32 bytes a key, and up to 48 while
+    it doubles. A Python set of 16-byte digests takes about 100 bytes a key (measured with
+    tracemalloc on CPython 3.11). Pass one DigestSet to several conversions to drop
     duplicates across their inputs.
     """
 
