@@ -88,7 +88,8 @@ def convert_command(
     """
     from sdft.ingest import DigestSet, IngestError, IngestErrors, convert
 
-    tokenizer, has_vision = _load_model_info(model)
+    _check_format(from_format)
+    length_function, has_vision = _load_model_info(model)
     seen = DigestSet()
     reports: list[dict[str, Any]] = []
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -100,8 +101,8 @@ def convert_command(
                     path,
                     format=from_format,
                     strict=not lenient,
-                    tokenizer=tokenizer,
-                    max_teacher_prompt_tokens=max_teacher_prompt_tokens if tokenizer else None,
+                    teacher_prompt_length=length_function,
+                    max_teacher_prompt_tokens=max_teacher_prompt_tokens if model else None,
                     has_vision=has_vision,
                     dedup_keys=seen,
                 )
@@ -146,13 +147,14 @@ def inspect_command(
     """
     from sdft.ingest import IngestError, convert
 
-    tokenizer, has_vision = _load_model_info(model)
+    _check_format(from_format)
+    length_function, has_vision = _load_model_info(model)
     conversion = convert(
         path,
         format=from_format,
         strict=False,
-        tokenizer=tokenizer,
-        max_teacher_prompt_tokens=max_teacher_prompt_tokens if tokenizer else None,
+        teacher_prompt_length=length_function,
+        max_teacher_prompt_tokens=max_teacher_prompt_tokens if model else None,
         has_vision=has_vision,
     )
     try:
@@ -170,10 +172,16 @@ def inspect_command(
 
 
 def _load_model_info(model: Path | None) -> tuple[Any, bool]:
-    """Load the tokenizer of a local model folder and tell whether it takes images."""
+    """Return the prompt-length function of a local model folder and whether it takes images.
+
+    Exits with status 2 when the folder has no config.json, or no tokenizer with a chat
+    template.
+    """
     if model is None:
         return None, False
     from transformers import AutoTokenizer
+
+    from sdft.ingest import make_length_function
 
     config_path = model / "config.json"
     if not config_path.is_file():
@@ -182,10 +190,20 @@ def _load_model_info(model: Path | None) -> tuple[Any, bool]:
     config = json.loads(config_path.read_text(encoding="utf-8"))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model), local_files_only=True)
+        length_function = make_length_function(tokenizer)
     except (OSError, ValueError) as exc:
-        typer.echo(f"error: cannot load the tokenizer from {model}: {exc}", err=True)
+        typer.echo(f"error: cannot measure prompts with the tokenizer of {model}: {exc}", err=True)
         raise typer.Exit(2) from exc
-    return tokenizer, "vision_config" in config
+    return length_function, "vision_config" in config
+
+
+def _check_format(name: str | None) -> None:
+    from sdft.ingest import resolve_format
+
+    try:
+        resolve_format(name)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--from") from exc
 
 
 def _progress(inputs: list[Path]) -> Any:

@@ -172,3 +172,28 @@ def test_inspect_json_without_model() -> None:
     assert report["format"] == "sharegpt"
     assert report["records"] == 160
     assert "token_lengths" not in report
+
+
+def test_unknown_from_format_rejected(tmp_path: Path) -> None:
+    result = _run(
+        "convert", str(DATA / "openai/tricky.jsonl"), "--from", "alpaca", "-o", str(tmp_path / "o")
+    )
+
+    assert result.exit_code == 2
+    assert "unknown format 'alpaca'" in result.output
+
+
+def test_model_without_chat_template(tmp_path: Path, tiny_qwen3_5_dir: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    for item in tiny_qwen3_5_dir.iterdir():
+        if item.name != "chat_template.jinja":
+            (model / item.name).write_bytes(item.read_bytes())
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+
+    result = _run("inspect", str(DATA / "openai/tricky.jsonl"), "--model", str(model))
+
+    assert result.exit_code == 2
+    assert "no chat template" in result.output
