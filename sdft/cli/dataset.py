@@ -13,7 +13,7 @@ import typer
 from sdft.config import SDFTConfig
 
 DEFAULT_MAX_TEACHER_PROMPT_TOKENS = SDFTConfig().max_teacher_prompt_tokens
-# Inputs smaller than this convert in about a second, so no progress bar is drawn.
+# Inputs below this size get no progress bar: without --model they take seconds to convert.
 PROGRESS_MIN_BYTES = 16 * 1024 * 1024
 
 dataset_app = typer.Typer(
