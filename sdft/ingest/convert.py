@@ -224,9 +224,15 @@ class Conversion:
         try:
             document = json.loads(text)
         except json.JSONDecodeError as exc:
+            hint = ""
+            if exc.msg == "Extra data":
+                hint = (
+                    "; the input holds several JSON values, so if it is JSONL, every line "
+                    "must be one JSON object, not an array"
+                )
             raise IngestError(
                 first_line + exc.lineno - 1,
-                f"invalid JSON document: {exc.msg} at column {exc.colno}",
+                f"invalid JSON document: {exc.msg} at column {exc.colno}{hint}",
             ) from exc
         if self.report.format is None:
             self.report.format = self._detect(document, first_line, document=True)

@@ -291,3 +291,13 @@ def test_spooled_upload_accepted() -> None:
     assert len(records) == 1
     assert conversion.report.dropped == {"duplicate": 99}
     assert conversion.bytes_read > 0
+
+
+def test_jsonl_of_arrays_message() -> None:
+    data = _lines('[{"from": "human", "value": "hi"}]', '[{"from": "human", "value": "yo"}]')
+
+    with pytest.raises(IngestError) as raised:
+        _convert_bytes(data)
+
+    assert raised.value.line == 2
+    assert "every line must be one JSON object, not an array" in raised.value.reason
