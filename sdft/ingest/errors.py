@@ -54,3 +54,11 @@ class IngestErrors(IngestError):
             "Fix them, or convert in lenient mode to skip them and keep the rest"
         )
         ValueError.__init__(self, self.reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the summary, the total count and the listed errors, for a 422 response."""
+        return {
+            "reason": self.reason,
+            "total": self.total,
+            "errors": [error.to_dict() for error in self.errors],
+        }

@@ -301,3 +301,14 @@ def test_jsonl_of_arrays_message() -> None:
 
     assert raised.value.line == 2
     assert "every line must be one JSON object, not an array" in raised.value.reason
+
+
+def test_ingest_errors_to_dict() -> None:
+    with pytest.raises(IngestErrors) as raised:
+        _convert_bytes(_lines(GOOD, "{oops", "[2]"))
+
+    data = raised.value.to_dict()
+    assert data["total"] == 2
+    assert [error["line"] for error in data["errors"]] == [2, 3]
+    assert data["reason"].startswith("2 invalid input line(s)")
+    json.dumps(data)
