@@ -78,6 +78,11 @@ class Conversion:
         if teacher_prompt_length is None and tokenizer is not None:
             teacher_prompt_length = make_length_function(tokenizer)
         self._length = teacher_prompt_length
+        if max_teacher_prompt_tokens is not None and teacher_prompt_length is None:
+            logger.warning(
+                "max_teacher_prompt_tokens=%d is ignored: pass a tokenizer to measure prompts",
+                max_teacher_prompt_tokens,
+            )
         self.report = ConversionReport(format=self._format)
         # Pass one set to several conversions to drop duplicates across their inputs too.
         self._seen = dedup_keys if dedup_keys is not None else DigestSet()
@@ -357,6 +362,7 @@ def convert(
     max_teacher_prompt_tokens: int | None = None,
     has_vision: bool = False,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
     filename: str | None = None,
     teacher_prompt_length: LengthFunction | None = None,
     dedup_keys: DigestSet | None = None,
@@ -365,8 +371,14 @@ def convert(
 
     Returns a Conversion: iterate it for records (streamed in input order), then read
     `.report` for what was kept, dropped and why. See Conversion for strict and lenient
-    mode. `teacher_prompt_length` replaces the length function built from `tokenizer`, and
+    mode. With `tokenizer` (a chat model's tokenizer) every record is measured and turns
+    whose teacher prompt exceeds `max_teacher_prompt_tokens` are dropped;
+    `teacher_prompt_length` replaces the length function built from it. `has_vision` keeps
+    turns with images. `max_line_bytes` bounds one JSONL line and `max_document_bytes` an
+    input that is one JSON document. `filename` only names the input in logs, and
     `dedup_keys` shares duplicate detection across several conversions.
+    Raises IngestError for an unknown `format`, and ValueError (the trainer's PromptError)
+    for a tokenizer without a chat template.
     """
     return Conversion(
         source,
@@ -376,6 +388,7 @@ def convert(
         max_teacher_prompt_tokens=max_teacher_prompt_tokens,
         has_vision=has_vision,
         max_line_bytes=max_line_bytes,
+        max_document_bytes=max_document_bytes,
         filename=filename,
         teacher_prompt_length=teacher_prompt_length,
         dedup_keys=dedup_keys,
