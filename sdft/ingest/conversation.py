@@ -149,9 +149,19 @@ def _image_reference(part: dict[str, Any]) -> str:
 _THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
 
 
+_THINK_END = re.compile(r"^.*?</think>\s*", re.DOTALL)
+
+
 def strip_inline_reasoning(text: str) -> tuple[str, int]:
-    """Remove `<think>...</think>` blocks written into assistant text; return the count."""
+    """Remove `<think>...</think>` blocks written into assistant text; return the count.
+
+    Text that starts with reasoning closed by a lone `</think>` loses it too: models whose
+    generation prompt opens the think block write only the closing tag.
+    """
     stripped, count = _THINK_BLOCK.subn("", text)
+    if "</think>" in stripped and "<think>" not in stripped:
+        stripped, lone = _THINK_END.subn("", stripped, count=1)
+        count += lone
     return (stripped, count) if count else (text, 0)
 
 

@@ -199,3 +199,18 @@ def test_swe_agent_without_command_docs() -> None:
     records = list(convert(DATA / "swe_agent/repeated_ids.traj"))
 
     assert all(record.tools is None for record in records)
+
+
+def test_lone_think_end_removed(tmp_path: Path) -> None:
+    path = tmp_path / "qwen.jsonl"
+    messages = [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "Adding two and two.\n</think>\n\n4"},
+    ]
+    path.write_text(json.dumps({"messages": messages}) + "\n")
+
+    conversion = convert(path)
+    [record] = list(conversion)
+
+    assert record.completion["content"] == "4"
+    assert conversion.report.reasoning_removed == 1
