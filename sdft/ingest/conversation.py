@@ -149,20 +149,22 @@ def _image_reference(part: dict[str, Any]) -> str:
 _THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
 
 
-_THINK_END = re.compile(r"^.*?</think>\s*", re.DOTALL)
-
-
 def strip_inline_reasoning(text: str) -> tuple[str, int]:
-    """Remove `<think>...</think>` blocks written into assistant text; return the count.
+    """Remove reasoning written into assistant text; return the text and the blocks removed.
 
-    Text that starts with reasoning closed by a lone `</think>` loses it too: models whose
-    generation prompt opens the think block write only the closing tag.
+    Removes `<think>...</think>` blocks. A lone `</think>` with text after it closes
+    reasoning whose opening tag was in the generation prompt (Qwen-style traces), so the
+    text before it goes too. A lone `</think>` at the end is a stray tag and only the tag
+    goes.
     """
     stripped, count = _THINK_BLOCK.subn("", text)
     if "</think>" in stripped and "<think>" not in stripped:
-        stripped, lone = _THINK_END.subn("", stripped, count=1)
-        count += lone
-    return (stripped, count) if count else (text, 0)
+        before, _, after = stripped.partition("</think>")
+        if after.strip():
+            stripped, count = after.lstrip(), count + 1
+        else:
+            stripped = before.rstrip()
+    return stripped, count
 
 
 def build_message(role: str, parts: Parts, *, separator: str = "") -> Message:

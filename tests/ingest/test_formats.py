@@ -214,3 +214,18 @@ def test_lone_think_end_removed(tmp_path: Path) -> None:
 
     assert record.completion["content"] == "4"
     assert conversion.report.reasoning_removed == 1
+
+
+def test_trailing_think_tag_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "stray.jsonl"
+    messages = [
+        {"role": "user", "content": "Status?"},
+        {"role": "assistant", "content": "All systems run.\n</think>"},
+    ]
+    path.write_text(json.dumps({"messages": messages}) + "\n")
+
+    conversion = convert(path)
+    [record] = list(conversion)
+
+    assert record.completion["content"] == "All systems run."
+    assert conversion.report.reasoning_removed == 0

@@ -214,3 +214,17 @@ def test_sweagent_tools_from_command_docs() -> None:
     assert by_name["open"]["parameters"]["properties"]["line_number"]["type"] == "integer"
     assert by_name["edit"]["parameters"]["properties"]["replace-all"]["type"] == "boolean"
     assert by_name["submit"]["parameters"]["properties"] == {}
+
+
+def test_reasoning_parts_stray_think_tags() -> None:
+    conversion = convert(TRACES / "messages_tools/reason_tool_use_50.jsonl")
+    records = list(conversion)
+    texts = [r.completion["content"] for r in records]
+
+    # Line 6: reasoning leaked into the text part and ends with "</think>" before the
+    # reply, so only the reply stays. Line 7: the reply ends with a stray "</think>".
+    assert any(t.startswith("I'm sorry, but the email scheduling tool") for t in texts)
+    assert any(t.endswith("Let me know if you have any other questions!") for t in texts)
+    assert not any("think>" in t for t in texts)
+    # 112 reasoning parts, plus the reasoning before line 6's lone "</think>".
+    assert conversion.report.reasoning_removed == 113
