@@ -48,10 +48,15 @@ def supported_formats() -> str:
 
 
 def resolve_format(name: str | None) -> str | None:
-    """Return the canonical format name, or raise ValueError listing the supported ones."""
+    """Return the canonical format name, or raise ValueError listing the supported ones.
+
+    None, "" and "auto" mean detection from the content and return None.
+    """
     if name is None:
         return None
     key = name.strip().lower().replace("-", "_")
+    if key in ("", "auto"):
+        return None
     key = ALIASES.get(key, key)
     if key not in FORMATS:
         raise ValueError(f"unknown format {name!r}; supported formats: {supported_formats()}")
