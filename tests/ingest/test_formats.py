@@ -165,7 +165,7 @@ def test_detect_format_values() -> None:
 def test_format_names_resolved() -> None:
     assert resolve_format("hermes") == "sharegpt"
     assert resolve_format("auto") is None
-    assert resolve_format("SWE-agent".replace("SWE-agent", "swe-agent")) == "swe_agent"
+    assert resolve_format("SWE-agent") == "swe_agent"
     with pytest.raises(ValueError, match="supported formats: claude_code"):
         resolve_format("alpaca")
     assert set(FORMATS) >= {"claude_code", "openai", "sharegpt", "swe_agent"}
