@@ -203,10 +203,10 @@ def tool_content(value: Any) -> str:
 def link_tool_results(messages: list[Message]) -> None:
     """Link every tool message to the call whose result it is, in place.
 
-    Calls without an id, and every call of a turn whose ids repeat (placeholders such as
-    `call_id`), get `call_<n>`, numbered through the conversation; results of such a turn
-    are matched by position. Otherwise a result is matched by its id, or by position when
-    the id names no call of its turn.
+    If a call of a turn has no id, or the turn repeats an id (a placeholder such as
+    `call_id`), every call of that turn gets `call_<n>`, numbered through the
+    conversation, and its results are matched by position. Otherwise a result is matched
+    by its id, or by position when the id names no call of its turn.
     """
     counter = 0
     calls: list[dict[str, Any]] = []
