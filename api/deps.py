@@ -75,7 +75,8 @@ def authenticate(
 
     check_rate_limit(redis_client, record.id, settings.rate_limit_per_minute)
 
-    # Write last_used_at at most once a minute per key, to keep reads free of writes.
+    # The WHERE clause updates last_used_at at most once a minute per key, so most reads write
+    # nothing.
     session.execute(
         text(
             "UPDATE api_keys SET last_used_at = now() WHERE id = :id AND "
@@ -96,7 +97,7 @@ def owned_job(
     session: SessionDep,
     job_id: Annotated[str, Path(max_length=100)],
 ) -> Job:
-    """The job in the path, if it belongs to the caller's tenant; 404 otherwise."""
+    """Load the job in the path if it belongs to the caller's tenant, else raise NotFound."""
     return get_job(session, principal.tenant_id, job_id)
 
 
@@ -105,7 +106,7 @@ def owned_dataset(
     session: SessionDep,
     dataset_id: Annotated[str, Path(max_length=100)],
 ) -> Dataset:
-    """The dataset in the path, if it belongs to the caller's tenant; 404 otherwise."""
+    """Load the dataset in the path if it belongs to the caller's tenant, else raise NotFound."""
     return get_dataset(session, principal.tenant_id, dataset_id)
 
 

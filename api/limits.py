@@ -38,35 +38,39 @@ class BodySizeLimit:
             return
 
         received = 0
+        exceeded = False
         response_started = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    exceeded = True
                     raise _BodyTooLarge
             return message
 
-        async def tracking_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal response_started
+            if exceeded:
+                # The app turned the failed body read into its own error response, because
+                # FastAPI returns 400 for a form it could not parse. Send the 413 instead.
+                if message["type"] == "http.response.start" and not response_started:
+                    response_started = True
+                    await _reject(send, limit, setting)
+                return
             if message["type"] == "http.response.start":
                 response_started = True
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _BodyTooLarge:
-            if response_started:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not exceeded:
                 raise
-            await _reject(send, limit, setting)
-        except Exception as exc:
-            # Starlette's form parser wraps errors raised while it reads the body.
-            if isinstance(exc.__cause__ or exc.__context__, _BodyTooLarge) and not response_started:
+            if not response_started:
                 await _reject(send, limit, setting)
-                return
-            raise
 
 
 async def _reject(send: Send, limit: int, setting: str) -> None:

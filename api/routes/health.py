@@ -19,7 +19,7 @@ router = APIRouter(tags=["health"])
 
 @router.get("/healthz", response_model=HealthOut)
 def healthz() -> HealthOut:
-    """The process is up; checks nothing else."""
+    """Return ok while the process serves requests; checks no dependency."""
     return HealthOut(status="ok")
 
 

@@ -1,4 +1,4 @@
-"""What a job produces: metrics (paged and live), events, and the merged model's files."""
+"""Job output routes: metrics (paged and live), events, and the merged model's files."""
 
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs/{job_id}", tags=["job outputs"])
 
 STREAM_BATCH = 500
-# Seconds between database re-reads when no Redis message arrives; bounds the delay if a
-# publish is lost, and how soon the stream notices that the job has finished.
+# Seconds between database re-reads when no Redis message arrives. This bounds the delay when
+# a publish is lost, and how late the stream notices that the job has finished.
 STREAM_POLL_S = 2.0
 
 

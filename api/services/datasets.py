@@ -31,8 +31,8 @@ MAX_REPORTED_ERRORS = 50
 MAX_LINE_BYTES = 32 * 1024 * 1024
 READ_CHUNK_BYTES = 1024 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
-# NOTE: trace formats (Claude Code logs, ShareGPT, agent trajectories) need the converter of
-# the `sdft.ingest` package; until it is wired in, only JSONL record formats are accepted.
+# NOTE: only JSONL record formats are accepted. Trace formats (Claude Code logs, ShareGPT,
+# agent trajectories) need the `sdft.ingest` converter, which is not wired in yet.
 SUPPORTED_FORMATS = ("auto", "jsonl")
 
 
@@ -47,7 +47,7 @@ class LineError:
 
 @dataclass
 class IngestOutcome:
-    """What one pass over an upload found: counts, hashes and the first bad lines."""
+    """Result of one pass over an upload: counts, hashes and the first invalid lines."""
 
     input_bytes: int = 0
     input_sha256: str = ""
@@ -178,7 +178,7 @@ def stream_records(
             if not (strict and outcome.errors):
                 sink.write(converted)
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        # A truncated or corrupt gzip stream; the line count says how far it got.
+        # A truncated or corrupt gzip stream. The error names the line after the last one read.
         outcome.errors.append(LineError(outcome.input_lines + 1, f"invalid gzip stream: {exc}"))
         outcome.invalid_lines += 1
 
