@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from api.deps import OwnedDataset, PrincipalDep, SessionDep, SettingsDep, StorageDep
-from api.routes.common import error_responses, submission_context
+from api.routes.common import error_responses, page_of, submission_context
 from api.schemas import DatasetOut, Page
 from api.services import submissions
 from api.services.datasets import UploadRequest, check_format, list_datasets, sanitize_filename
@@ -55,11 +55,7 @@ def get_datasets(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> Page[DatasetOut]:
     rows, has_more = list_datasets(session, principal.tenant_id, after=after, limit=limit)
-    return Page(
-        data=[DatasetOut.of(d) for d in rows],
-        has_more=has_more,
-        next_cursor=rows[-1].id if has_more and rows else None,
-    )
+    return page_of(rows, has_more, DatasetOut.of, lambda d: d.id)
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut, responses=error_responses(404))
