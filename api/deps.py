@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
@@ -75,18 +76,30 @@ def authenticate(
 
     check_rate_limit(redis_client, record.id, settings.rate_limit_per_minute)
 
-    # The WHERE clause updates last_used_at at most once a minute per key, so most reads write
-    # nothing.
+    _touch_key(session, record.id)
+    request.state.key_id = record.id
+    return Principal(tenant_id=record.tenant_id, key_id=record.id)
+
+
+_LAST_USED_PERIOD_S = 60.0
+_last_used_written: dict[str, float] = {}
+
+
+def _touch_key(session: Session, key_id: str) -> None:
+    """Update last_used_at at most once a minute per key and process, so that most requests
+    write nothing. The WHERE clause keeps several processes from writing more often."""
+    now = time.monotonic()
+    if now - _last_used_written.get(key_id, float("-inf")) < _LAST_USED_PERIOD_S:
+        return
+    _last_used_written[key_id] = now
     session.execute(
         text(
             "UPDATE api_keys SET last_used_at = now() WHERE id = :id AND "
             "(last_used_at IS NULL OR last_used_at < now() - interval '60 seconds')"
         ),
-        {"id": record.id},
+        {"id": key_id},
     )
     session.commit()
-    request.state.key_id = record.id
-    return Principal(tenant_id=record.tenant_id, key_id=record.id)
 
 
 PrincipalDep = Annotated[Principal, Depends(authenticate)]

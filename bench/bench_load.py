@@ -3,7 +3,9 @@ backed by PostgreSQL, Redis and SeaweedFS, all on loopback, for a bounded time.
 
     python bench/bench_load.py --clients 200 --seconds 30
 
-The per-key rate limit is raised for the run, since every client shares one API key.
+The per-key rate limit is raised for the run, since every client shares one API key. As a
+baseline measured in the same run, the same clients then call GET /healthz, which touches no
+database, for a third of the time; the ratio of the two throughputs is printed.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import sys
@@ -18,7 +21,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import aiohttp
 import httpx
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -64,7 +69,8 @@ def prepare(stack: Stack) -> list[str]:
 
 
 async def client_loop(
-    client: httpx.AsyncClient,
+    session: aiohttp.ClientSession,
+    base_url: str,
     job_ids: list[str],
     deadline: float,
     latencies: list[float],
@@ -73,7 +79,9 @@ async def client_loop(
     rng = random.Random()
     turn = 0
     while time.monotonic() < deadline:
-        if turn % 2 == 0:
+        if not job_ids:
+            url, params = "/healthz", {}
+        elif turn % 2 == 0:
             job_id = rng.choice(job_ids[:JOBS_WITH_METRICS])
             url = f"/jobs/{job_id}/metrics"
             params = {"after_step": rng.randrange(0, METRIC_ROWS), "limit": 50}
@@ -82,32 +90,43 @@ async def client_loop(
         turn += 1
         started = time.perf_counter()
         try:
-            response = await client.get(url, params=params)
-            if response.status_code != 200:
-                errors[f"HTTP {response.status_code}"] += 1
-                continue
-        except httpx.HTTPError as exc:
+            async with session.get(base_url + url, params=params) as response:
+                await response.read()
+                if response.status != 200:
+                    errors[f"HTTP {response.status}"] += 1
+                    continue
+        except (aiohttp.ClientError, TimeoutError) as exc:
             errors[type(exc).__name__] += 1
             continue
         latencies.append(time.perf_counter() - started)
 
 
 async def run_load(stack: Stack, job_ids: list[str], clients: int, seconds: float) -> dict:
+    """Run `clients` concurrent loops for `seconds`; with no job ids they call /healthz."""
     latencies: list[float] = []
     errors: Counter[str] = Counter()
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(
-        base_url=stack.base_url,
+    cpu_started = time.process_time()
+    api_cpu_started = sum(psutil.Process(stack.api_pid).cpu_times()[:2])
+    # aiohttp rather than httpx: httpx's pool costs several ms of client CPU per request at
+    # 200 connections, which starved the API of CPU on a 2-core machine.
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(
+        connector=connector,
         headers={"Authorization": f"Bearer {stack.api_key}"},
-        limits=limits,
-        timeout=httpx.Timeout(30),
-    ) as client:
+        timeout=aiohttp.ClientTimeout(total=30),
+    ) as session:
         started = time.monotonic()
         deadline = started + seconds
         await asyncio.gather(
-            *(client_loop(client, job_ids, deadline, latencies, errors) for _ in range(clients))
+            *(
+                client_loop(session, stack.base_url, job_ids, deadline, latencies, errors)
+                for _ in range(clients)
+            )
         )
         elapsed = time.monotonic() - started
+    # CPU seconds per wall second: both processes share the machine's cores.
+    client_cpu = (time.process_time() - cpu_started) / elapsed
+    api_cpu = (sum(psutil.Process(stack.api_pid).cpu_times()[:2]) - api_cpu_started) / elapsed
     quantiles = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
     return {
         "clients": clients,
@@ -119,6 +138,9 @@ async def run_load(stack: Stack, job_ids: list[str], clients: int, seconds: floa
         "p50_ms": round(quantiles[49] * 1000, 1),
         "p90_ms": round(quantiles[89] * 1000, 1),
         "p99_ms": round(quantiles[98] * 1000, 1),
+        "client_cpu_cores": round(client_cpu, 2),
+        "api_cpu_cores": round(api_cpu, 2),
+        "load_average_1m": round(os.getloadavg()[0], 1),
     }
 
 
@@ -138,7 +160,10 @@ def main() -> None:
     with service_stack(extra_env=extra, api_workers=args.api_workers) as stack:
         job_ids = prepare(stack)
         result = asyncio.run(run_load(stack, job_ids, args.clients, args.seconds))
+        baseline = asyncio.run(run_load(stack, [], args.clients, args.seconds / 3))
     result["api_workers"] = args.api_workers
+    result["baseline_healthz"] = baseline
+    result["ratio_to_healthz"] = round(result["requests_per_s"] / baseline["requests_per_s"], 3)
     print(json.dumps(result, indent=2))
 
 
