@@ -101,12 +101,18 @@ async def client_loop(
         latencies.append(time.perf_counter() - started)
 
 
+def _api_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of the uvicorn process and its worker processes."""
+    root = psutil.Process(pid)
+    return sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(recursive=True)])
+
+
 async def run_load(stack: Stack, job_ids: list[str], clients: int, seconds: float) -> dict:
     """Run `clients` concurrent loops for `seconds`; with no job ids they call /healthz."""
     latencies: list[float] = []
     errors: Counter[str] = Counter()
     cpu_started = time.process_time()
-    api_cpu_started = sum(psutil.Process(stack.api_pid).cpu_times()[:2])
+    api_cpu_started = _api_cpu_seconds(stack.api_pid)
     # aiohttp rather than httpx: httpx's pool costs several ms of client CPU per request at
     # 200 connections, which starved the API of CPU on a 2-core machine.
     connector = aiohttp.TCPConnector(limit=clients)
@@ -126,7 +132,7 @@ async def run_load(stack: Stack, job_ids: list[str], clients: int, seconds: floa
         elapsed = time.monotonic() - started
     # CPU seconds per wall second: both processes share the machine's cores.
     client_cpu = (time.process_time() - cpu_started) / elapsed
-    api_cpu = (sum(psutil.Process(stack.api_pid).cpu_times()[:2]) - api_cpu_started) / elapsed
+    api_cpu = (_api_cpu_seconds(stack.api_pid) - api_cpu_started) / elapsed
     quantiles = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
     return {
         "clients": clients,
