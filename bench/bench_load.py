@@ -3,9 +3,9 @@ backed by PostgreSQL, Redis and SeaweedFS, all on loopback, for a bounded time.
 
     python bench/bench_load.py --clients 200 --seconds 30
 
-The per-key rate limit is raised for the run, since every client shares one API key. As a
-baseline measured in the same run, the same clients then call GET /healthz, which touches no
-database, for a third of the time; the ratio of the two throughputs is printed.
+The per-key rate limit is raised for the run, since every client shares one API key. The
+baseline, measured in the same run, sends the same clients to GET /healthz (no database) for a
+third of the time. The script prints the ratio of the two throughputs.
 """
 
 from __future__ import annotations
@@ -113,6 +113,7 @@ async def run_load(stack: Stack, job_ids: list[str], clients: int, seconds: floa
     errors: Counter[str] = Counter()
     cpu_started = time.process_time()
     api_cpu_started = _api_cpu_seconds(stack.api_pid)
+
     # aiohttp rather than httpx: httpx's pool costs several ms of client CPU per request at
     # 200 connections, which starved the API of CPU on a 2-core machine.
     connector = aiohttp.TCPConnector(limit=clients)
@@ -130,9 +131,11 @@ async def run_load(stack: Stack, job_ids: list[str], clients: int, seconds: floa
             )
         )
         elapsed = time.monotonic() - started
+
     # CPU seconds per wall second: both processes share the machine's cores.
     client_cpu = (time.process_time() - cpu_started) / elapsed
     api_cpu = (_api_cpu_seconds(stack.api_pid) - api_cpu_started) / elapsed
+
     quantiles = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
     return {
         "clients": clients,
