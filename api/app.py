@@ -77,14 +77,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(body, status_code=422)
 
     def body_limit(scope: Scope) -> tuple[int, str]:
-        if (scope.get("method"), scope.get("path", "").rstrip("/")) in UPLOAD_ROUTES:
+        if _is_upload(scope):
             return settings.max_upload_bytes + UPLOAD_OVERHEAD_BYTES, "SDFT_MAX_UPLOAD_BYTES"
         return settings.max_request_bytes, "SDFT_MAX_REQUEST_BYTES"
 
     def is_exempt(scope: Scope) -> bool:
         path = scope.get("path", "")
-        is_upload = (scope.get("method"), path.rstrip("/")) in UPLOAD_ROUTES
-        return is_upload or path.endswith("/metrics/stream") or path in PROBE_PATHS
+        return _is_upload(scope) or path.endswith("/metrics/stream") or path in PROBE_PATHS
 
     app.add_middleware(BodySizeLimit, limit_for=body_limit)
     # Added last, so it is the outermost middleware: a request that waits for a slot has not
@@ -96,3 +95,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         exempt=is_exempt,
     )
     return app
+
+
+def _is_upload(scope: Scope) -> bool:
+    """Tell multipart uploads to the upload routes from other requests.
+
+    A JSON body of POST /jobs gets the small request limit, since it is read into memory.
+    """
+    route = (scope.get("method"), scope.get("path", "").rstrip("/"))
+    if route not in UPLOAD_ROUTES:
+        return False
+    headers = dict(scope.get("headers", []))
+    return headers.get(b"content-type", b"").startswith(b"multipart/form-data")

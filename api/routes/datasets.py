@@ -22,14 +22,19 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
     status_code=201,
     response_model=DatasetOut,
     responses=error_responses(409, 413, 422, 429),
-    summary="Upload a dataset (JSONL, optionally gzip-compressed)",
+    summary="Upload a dataset of traces or records, optionally gzip-compressed",
 )
 async def create_dataset(
     principal: PrincipalDep,
     settings: SettingsDep,
     storage: StorageDep,
-    file: Annotated[UploadFile, File(description="JSONL records, one object per line; .gz ok")],
-    format: Annotated[str, Form(description="Input format: auto or jsonl")] = "auto",
+    file: Annotated[
+        UploadFile,
+        File(description="Traces or records (JSONL, JSON array or one JSON object); gzip ok"),
+    ],
+    format: Annotated[
+        str, Form(description="Input format, or auto to detect it from the content")
+    ] = "auto",
     strict: Annotated[bool, Form(description="Reject the upload on any invalid line")] = True,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JSONResponse:

@@ -154,11 +154,14 @@ def test_upload_size_limit(
 def test_request_size_limit(service_settings: Settings, tenant: TenantKey) -> None:
     for client in _client(service_settings, max_request_bytes=2048):
         body = {"dataset_id": "ds_x", "model": "m", "config": {"teacher_instruction": "x" * 4096}}
-        response = client.post(
-            "/jobs/job_x/cancel", headers=tenant.headers, content=json.dumps(body)
-        )
-        assert response.status_code == 413
-        assert "SDFT_MAX_REQUEST_BYTES" in response.json()["error"]["message"]
+        for path in ("/jobs", "/jobs/job_x/cancel"):
+            response = client.post(
+                path,
+                headers={**tenant.headers, "Content-Type": "application/json"},
+                content=json.dumps(body),
+            )
+            assert response.status_code == 413, path
+            assert "SDFT_MAX_REQUEST_BYTES" in response.json()["error"]["message"]
 
 
 def test_jobs_in_flight_limit(
