@@ -21,7 +21,7 @@ from api.storage import Storage
 logger = logging.getLogger(__name__)
 
 UPLOAD_ROUTES = {("POST", "/datasets"), ("POST", "/jobs")}
-# Probes must answer while the API is saturated, so they skip the request slots.
+# Probes must respond while the API is saturated, so they skip the request slots.
 PROBE_PATHS = {"/healthz", "/readyz"}
 # Multipart framing and text fields around the file.
 UPLOAD_OVERHEAD_BYTES = 1024 * 1024

@@ -69,10 +69,10 @@ class IngestOutcome:
 class _CountingReader(io.RawIOBase):
     """Read-through wrapper that hashes and counts bytes, raising once `limit` is passed."""
 
-    def __init__(self, raw: IO[bytes], limit: int, what: str):
+    def __init__(self, raw: IO[bytes], limit: int, subject: str):
         self._raw = raw
         self._limit = limit
-        self._what = what
+        self._subject = subject
         self.count = 0
         self.sha256 = hashlib.sha256()
 
@@ -86,7 +86,7 @@ class _CountingReader(io.RawIOBase):
         self.count += len(data)
         if self.count > self._limit:
             raise PayloadTooLarge(
-                f"the {self._what} is larger than the limit of {self._limit} bytes "
+                f"the {self._subject} is larger than the limit of {self._limit} bytes "
                 "(SDFT_MAX_UPLOAD_BYTES); split the dataset or ask an operator to raise the limit"
             )
         self.sha256.update(data)
@@ -136,8 +136,9 @@ def stream_records(
         outcome.errors = [LineError(exc.line, exc.reason)]
         outcome.invalid_lines = 1
     except (OSError, EOFError, zlib.error) as exc:
-        # My own gzip layer sits below the converter, so its errors arrive here unconverted.
-        outcome.errors = [LineError(None, f"the gzip data is corrupted or truncated ({exc})")]
+        # The API decompresses below the converter, so gzip errors arrive here unconverted.
+        reason = f"the gzip data is corrupted or truncated ({exc}); compress the file again"
+        outcome.errors = [LineError(None, reason)]
         outcome.invalid_lines = 1
 
     report = conversion.report

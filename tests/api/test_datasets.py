@@ -173,3 +173,15 @@ def test_trace_formats_detected(api_client: TestClient, tenant: TenantKey) -> No
         assert body["format"] == expected, relpath
         assert body["records"] > 0, relpath
         assert body["report"]["turns"] >= body["records"], relpath
+
+
+def test_truncated_gzip_rejected(
+    api_client: TestClient, tenant: TenantKey, drone_bytes: bytes
+) -> None:
+    truncated = gzip.compress(drone_bytes)[:-20]
+    response = api_client.post(
+        "/datasets", headers=tenant.headers, files={"file": ("d.jsonl.gz", truncated)}
+    )
+
+    assert response.status_code == 422
+    assert "gzip data is corrupted or truncated" in response.json()["error"]["message"]
