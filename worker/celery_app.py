@@ -30,7 +30,7 @@ def _celery_config() -> dict[str, Any]:
     from api.settings import get_settings
 
     settings = get_settings()
-    redis_url = settings.redis_url
+    redis_url = settings.redis_url_value
     visibility_timeout = settings.job_time_limit_s + VISIBILITY_MARGIN_S
     return {
         "broker_url": redis_url,

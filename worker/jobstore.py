@@ -15,17 +15,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import delete, text
 from sqlalchemy.orm import Session
 
 from worker.retry import call_with_retry
 
 logger = logging.getLogger(__name__)
 
-ACTIVE_STATUSES = ("running", "cancelling", "merging", "uploading")
-# States a worker may take over when the previous attempt's heartbeat is stale.
-RECLAIMABLE_STATUSES = ("running", "merging", "uploading")
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
 SessionFactory = Callable[[], Session]
 
@@ -78,7 +74,7 @@ _CLAIM_SQL = text(
       AND (
         j.status = 'queued'
         OR (
-          j.status IN ('running', 'merging', 'uploading')
+          j.status = 'running'
           AND (j.heartbeat_at IS NULL
                OR j.heartbeat_at < now() - make_interval(secs => :stale_after_s))
         )
@@ -130,9 +126,11 @@ def claim_job(
 ) -> ClaimedJob | None:
     """Claim `job_id` for this worker, or return None when it is not claimable.
 
-    A job is claimable when queued, or when active with a heartbeat older than `stale_after_s`
-    (its worker died). One UPDATE under a row lock decides, so of two concurrent claims exactly
-    one wins; the loser sees the winner's fresh heartbeat and gets None.
+    A job is claimable when queued, or when running with a heartbeat older than `stale_after_s`
+    (its worker died). A stale job in `merging` or `uploading` goes back through `queued` by the
+    reaper, because the state machine has no move from those states to `running`.
+    One UPDATE under a row lock decides, so of two concurrent claims exactly one wins. The
+    other one finds the winner's fresh heartbeat and returns None.
     """
     from api.services.jobs import add_event
 
@@ -302,8 +300,6 @@ class AttemptStore:
                     return "cancelling"
                 if job.status != new_status:
                     transition(session, job, new_status, error=error, event_data=data)
-                if new_status in TERMINAL_STATUSES:
-                    job.finished_at = session.execute(text("SELECT now()")).scalar_one()
                 return new_status
 
         return call_with_retry(f"move job {self.job.id} to {new_status}", change)
@@ -311,31 +307,19 @@ class AttemptStore:
     def replace_artifacts(self, files: Sequence[tuple[str, int, str, str]]) -> None:
         """Store the artifact rows (path, size, sha256, s3_key) of the merged model and mark the
         job succeeded in one transaction, so the rows appear only with a complete artifact."""
+        from api.db.models import Artifact
         from api.services.jobs import transition
 
         def store() -> None:
             with self.owned_session() as (session, job):
                 if job.status == "cancelling" or job.cancel_requested_at is not None:
                     raise JobCancelledDuringUpload()
-                session.execute(
-                    text("DELETE FROM artifacts WHERE job_id = :job_id"), {"job_id": self.job.id}
+                session.execute(delete(Artifact).where(Artifact.job_id == self.job.id))
+                session.add_all(
+                    Artifact(job_id=self.job.id, path=path, size=size, sha256=sha256, s3_key=key)
+                    for path, size, sha256, key in files
                 )
-                for path, size, sha256, key in files:
-                    session.execute(
-                        text(
-                            "INSERT INTO artifacts (job_id, path, size, sha256, s3_key, "
-                            "created_at) VALUES (:job_id, :path, :size, :sha256, :key, now())"
-                        ),
-                        {
-                            "job_id": self.job.id,
-                            "path": path,
-                            "size": size,
-                            "sha256": sha256,
-                            "key": key,
-                        },
-                    )
-                transition(session, job, "succeeded")
-                job.finished_at = session.execute(text("SELECT now()")).scalar_one()
+                transition(session, job, "succeeded", event_data={"files": len(files)})
 
         call_with_retry(f"store artifacts of job {self.job.id}", store)
 

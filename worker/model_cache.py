@@ -7,7 +7,6 @@ into a temporary folder and rename it into place, so a folder in the cache is al
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import logging
 import shutil
 import tempfile
@@ -19,16 +18,9 @@ logger = logging.getLogger(__name__)
 COMPLETE_MARKER = ".sdft-complete"
 
 
-def cache_dir_for(uri: str, cache_root: Path) -> Path:
-    """Return the cache folder of `uri`: a hash of the URI, so any URI maps to a safe name."""
-    digest = hashlib.sha256(uri.encode("utf-8")).hexdigest()[:32]
-    return cache_root / "models" / digest
-
-
-def ensure_cached_model(uri: str, cache_root: Path, download: Callable[[Path], None]) -> Path:
-    """Return the local folder of the model at `uri`, calling `download(tmp_dir)` to fill a
-    temporary folder the first time. `download` must write the model's files into `tmp_dir`."""
-    target = cache_dir_for(uri, cache_root)
+def ensure_cached_model(uri: str, target: Path, download: Callable[[Path], None]) -> Path:
+    """Return `target`, the cache folder of the model at `uri`, after calling `download(tmp_dir)`
+    to fill a temporary folder the first time. `download` writes the model's files there."""
     if (target / COMPLETE_MARKER).is_file():
         return target
 

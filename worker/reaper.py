@@ -124,7 +124,6 @@ def reap(
             else:
                 resume = row["last_checkpoint_step"]
                 transition(session, job, "queued", event_data={"reason": lost})
-                job.worker_id = None
                 job.updated_at = session.execute(text("SELECT now()")).scalar_one()
                 add_event(
                     session,
@@ -135,8 +134,6 @@ def reap(
                     {"attempt": row["attempt"], "resume_step": resume or 0, "reason": "stale"},
                 )
                 report.requeued.append(job.id)
-            if job.status in ("failed", "cancelled"):
-                job.finished_at = session.execute(text("SELECT now()")).scalar_one()
 
         overtime = (
             session.execute(_OVERTIME_SQL, {"grace_s": TIME_LIMIT_GRACE_S, "limit": limit})
@@ -151,7 +148,6 @@ def reap(
                 "did not stop the job, so the reaper failed it"
             )
             transition(session, job, "failed", error=error)
-            job.finished_at = session.execute(text("SELECT now()")).scalar_one()
             report.failed.append(job.id)
 
         orphans = (
@@ -185,7 +181,6 @@ def reap(
 def reap_with_settings(settings: Any | None = None) -> ReapReport:
     """Run one reaper pass with the service settings and the real queue."""
     from api.settings import get_settings
-
     from worker.celery_app import enqueue_train_job
     from worker.services import session_factory
 

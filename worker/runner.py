@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from api.db.models import EVENT_TYPES
+from api.storage import MANIFEST_NAME, checkpoint_prefix, merged_prefix
 from worker import joblog
 from worker.heartbeat import Heartbeat
 from worker.jobstore import (
@@ -38,7 +40,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_MARKER = "checkpoint.json"
-MANIFEST_NAME = "manifest.json"
 # Checkpoints kept in S3: the newest one, plus the one before it in case the newest turns out
 # unreadable when a later attempt downloads it.
 CHECKPOINTS_KEPT = 2
@@ -61,13 +62,8 @@ class RunOutcome:
     status: str  # the job's final status, or "skipped" when the claim failed, "lost" on takeover
 
 
-def checkpoint_prefix(job_id: str, step: int | None = None) -> str:
-    root = f"jobs/{job_id}/checkpoints/"
-    return root if step is None else f"{root}step-{step:06d}/"
-
-
-def merged_prefix(job_id: str) -> str:
-    return f"jobs/{job_id}/merged/"
+def checkpoints_root(job_id: str) -> str:
+    return f"jobs/{job_id}/checkpoints/"
 
 
 class JobRunner:
@@ -301,9 +297,11 @@ class JobRunner:
         return step, checkpoint_prefix(self.job_id, step)
 
     def _stored_checkpoint_steps(self) -> dict[int, bool]:
-        root = checkpoint_prefix(self.job_id)
+        """Map the step of each checkpoint folder in S3 to whether its marker exists."""
+        root = checkpoints_root(self.job_id)
         keys = call_with_retry(
-            f"list checkpoints under {root}", lambda: list(self.storage.list_prefix(root))
+            f"list checkpoints under {root}",
+            lambda: [info.key for info in self.storage.list_prefix(root)],
         )
         steps: dict[int, bool] = {}
         for key in keys:
@@ -330,6 +328,9 @@ class JobRunner:
             return
         if kind == "stopped":
             logger.info("trainer stopped early: %s", data)
+            return
+        if kind not in EVENT_TYPES:
+            logger.info("trainer event %s: %s", kind, data)
             return
         event_data = _json_safe(data)
         message = _event_message(kind, event_data)
@@ -429,6 +430,8 @@ class JobRunner:
         call_with_retry(f"clear {prefix}", lambda: self.storage.delete_prefix(prefix))
         uploaded: list[tuple[str, int, str, str]] = []
         paths = sorted(p for p in merged_dir.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
+        if not paths:
+            raise FileNotFoundError(f"save_merged wrote no files into {merged_dir}")
         for path in paths:
             self._check_stop()
             relpath = path.relative_to(merged_dir).as_posix()
@@ -444,19 +447,12 @@ class JobRunner:
             )
         self._check_stop()
 
-        manifest = {
-            "job_id": self.job_id,
-            "files": [{"path": p, "size": s, "sha256": h} for p, s, h, _ in uploaded],
-        }
-        body = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
-        manifest_key = prefix + MANIFEST_NAME
-        manifest_size, manifest_sha = call_with_retry(
-            f"upload {manifest_key}",
-            lambda: _upload_bytes(self.storage, manifest_key, body),
+        files = [(path, size, sha256) for path, size, sha256, _ in uploaded]
+        call_with_retry(
+            f"write {prefix}{MANIFEST_NAME}",
+            lambda: self.storage.write_manifest(self.job_id, files),
         )
-        self.store.replace_artifacts(
-            [*uploaded, (MANIFEST_NAME, manifest_size, manifest_sha, manifest_key)]
-        )
+        self.store.replace_artifacts(uploaded)
         logger.info("artifact complete: %d files under %s", len(uploaded), prefix)
 
     def _delete_partial_artifact(self) -> None:
@@ -484,43 +480,16 @@ class JobRunner:
 
     def _readable_error(self, error: BaseException) -> str:
         message = f"{type(error).__name__}: {error}"
-        for secret in _secret_values(self.settings):
+        for secret in self.settings.secret_values():
             message = message.replace(secret, "***")
         if len(message) > MAX_ERROR_CHARS:
             message = message[: MAX_ERROR_CHARS - 3] + "..."
         return message
 
 
-def _secret_values(settings: Any) -> list[str]:
-    """Collect secret strings that must never reach an error message: SecretStr settings and
-    passwords inside service URLs."""
-    from pydantic import SecretStr
-    from sqlalchemy.engine import make_url
-
-    secrets: list[str] = []
-    for name in type(settings).model_fields:
-        value = getattr(settings, name, None)
-        if isinstance(value, SecretStr):
-            secrets.append(value.get_secret_value())
-        elif isinstance(value, str) and "://" in value:
-            try:
-                password = make_url(value).password
-            except Exception:  # noqa: BLE001 - not a URL after all
-                password = None
-            if password:
-                secrets.append(str(password))
-    return [s for s in secrets if len(s) >= 4]
-
-
 def _upload_file(storage: Storage, key: str, path: Path) -> tuple[int, str]:
     with open(path, "rb") as handle:
         return storage.upload_fileobj(key, handle)
-
-
-def _upload_bytes(storage: Storage, key: str, body: bytes) -> tuple[int, str]:
-    import io
-
-    return storage.upload_fileobj(key, io.BytesIO(body))
 
 
 def _file_list(files: Any) -> list[dict[str, Any]]:

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from api.settings import Settings
     from api.storage import Storage
-
     from worker.jobstore import SessionFactory
 
 
@@ -38,5 +37,5 @@ def redis_client() -> Any:
 
     # Short timeouts: publishing metrics is best effort and must not stall a training step.
     return redis.Redis.from_url(
-        settings().redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
+        settings().redis_url_value, socket_timeout=2.0, socket_connect_timeout=2.0
     )
