@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pytest
 
 from api.db.session import get_sessionmaker
-from worker.jobstore import claim_job
 from tests.worker.conftest import job_events, job_row
+from worker.jobstore import claim_job
 
 STALE_AFTER_S = 30.0
 
