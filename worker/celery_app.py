@@ -77,8 +77,9 @@ celery_app.add_defaults(_celery_config)
 
 
 @signals.after_setup_logger.connect
-def _install_job_log_fields(**_: Any) -> None:
-    joblog.install()
+@signals.after_setup_task_logger.connect
+def _install_job_log_fields(logger: logging.Logger, **_: Any) -> None:
+    joblog.install(logger)
 
 
 def enqueue_train_job(job_id: str) -> None:

@@ -207,10 +207,19 @@ class JobRunner:
     ) -> dict[str, Any]:
         from sdft.trainer import SDFTRun, TrainCallbacks
 
-        callbacks = TrainCallbacks(
-            on_metrics=self._on_metrics, on_event=self._on_event, should_stop=self._should_stop
-        )
-        run = SDFTRun(config, model_dir, records, output_dir, callbacks)
+        runner = self
+
+        class Callbacks(TrainCallbacks):
+            def on_metrics(self, step: int, metrics: dict[str, Any]) -> None:
+                runner._on_metrics(step, metrics)
+
+            def on_event(self, kind: str, data: dict[str, Any]) -> None:
+                runner._on_event(kind, data)
+
+            def should_stop(self) -> bool:
+                return runner._should_stop()
+
+        run = SDFTRun(config, model_dir, records, output_dir, Callbacks())
         result = run.train(resume_from=resume_from)
         return {"run": run, "stopped": bool(result.stopped), "result": result}
 
