@@ -125,10 +125,7 @@ def assert_loads_and_generates(model_dir: Path) -> None:
         return_dict=True,
     )
     output = model.generate(**prompt, max_new_tokens=4, do_sample=False)
-    assert (
-        output.shape[1] == prompt["input_ids"].shape[1] + 4
-        or output.shape[1] > prompt["input_ids"].shape[1]
-    )
+    assert output.shape[1] > prompt["input_ids"].shape[1]
 
 
 def test_invalid_requests_get_422(processes: Processes, tenant: TenantKey) -> None:
