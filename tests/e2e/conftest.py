@@ -136,6 +136,8 @@ class Processes:
         self.env = env
         self.log_dir = log_dir
         self.started: list[ServiceProcess] = []
+        # Servers the API and workers depend on (a private Redis): stopped after them.
+        self.infra: list[ServiceProcess] = []
 
     def api(self, port: int | None = None, env: dict[str, str] | None = None) -> ApiServer:
         port = port or free_port()
@@ -175,10 +177,10 @@ class Processes:
         return worker
 
     def tails(self) -> str:
-        return "\n".join(p.tail() for p in self.started)
+        return "\n".join(p.tail() for p in [*self.started, *self.infra])
 
     def stop_all(self) -> None:
-        for process in reversed(self.started):
+        for process in [*reversed(self.started), *reversed(self.infra)]:
             process.stop()
 
 
