@@ -48,7 +48,7 @@ def _celery_config() -> dict[str, Any]:
         "task_ignore_result": True,
         # A message is acknowledged only after the task returns, and requeued if the worker
         # process dies. This is safe because a redelivered job resumes from its last stored
-        # checkpoint, and a duplicate of a job that a live worker holds fails the claim.
+        # checkpoint, and a duplicate of a job that a live worker owns fails the claim.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,

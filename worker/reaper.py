@@ -1,11 +1,12 @@
 """The reaper: no job stays active without a live worker, or past its time limit.
 
-One pass, under row locks that skip rows another reaper holds:
+One pass, under row locks that skip rows another reaper has locked:
 - an active job whose heartbeat is older than the stale-after setting lost its worker. It is
   requeued when attempts remain (the next attempt resumes from its last stored checkpoint),
   failed when none remain or its time limit has passed, and cancelled when a cancel was pending;
 - an active job past `started_at + time_limit_s + grace` is failed even with a fresh heartbeat,
-  for a worker stuck inside a step; the fenced worker stops at its next progress update;
+  because its worker may be stuck inside a step. That worker is fenced out and stops at its next
+  progress update;
 - a queued job untouched for longer than the orphan delay is enqueued again, in case its message
   was lost (a broker outage at enqueue time). A duplicate message is harmless because the claim
   drops it.

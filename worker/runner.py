@@ -67,8 +67,11 @@ def checkpoints_root(job_id: str) -> str:
 
 
 class JobRunner:
-    """Claim and run the job `job_id` on this worker. `run()` never raises for job errors: they
-    end up in the job row; it returns the outcome for the task's log."""
+    """Claim and run the job `job_id` on this worker.
+
+    A job error ends the job in `failed` instead of raising. `run()` raises only when the claim
+    cannot reach the database after retries. It returns the outcome for the task's log.
+    """
 
     def __init__(
         self,
@@ -289,8 +292,9 @@ class JobRunner:
     def _latest_stored_checkpoint(self, job: ClaimedJob) -> tuple[int, str] | None:
         """Return (step, prefix) of the newest checkpoint in S3 whose upload completed.
 
-        The job row names the last recorded one; the listing finds it (or an older complete one,
-        should the recorded one be gone) because each checkpoint's marker is written last.
+        Each checkpoint's marker is written last, so a folder with a marker is complete. The
+        listing finds the checkpoint the job row names, or an older complete one when that one
+        is gone.
         """
         steps = self._stored_checkpoint_steps()
         complete = [step for step, is_complete in steps.items() if is_complete]
