@@ -82,6 +82,8 @@ def _install_job_log_fields(logger: logging.Logger, **_: Any) -> None:
     joblog.install(logger)
 
 
-def enqueue_train_job(job_id: str) -> None:
-    """Send the training task of `job_id`; call it only after the job row is committed."""
-    celery_app.send_task(TRAIN_TASK, kwargs={"job_id": job_id}, queue=TRAIN_QUEUE)
+def enqueue_train_job(job_id: str) -> str:
+    """Send the training task of `job_id` and return its task id; call it only after the job
+    row is committed."""
+    result = celery_app.send_task(TRAIN_TASK, kwargs={"job_id": job_id}, queue=TRAIN_QUEUE)
+    return str(result.id)

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,8 @@ FAST_LIVENESS_ENV = {
     "SDFT_METRICS_BATCH_SIZE": "1",
 }
 
-# Short prompts keep each CPU training step to a few seconds; the drone traces (16 tool schemas
-# per record, about 2,000-token prompts) are used by the HTTP test only.
+# Short prompts keep each CPU training step to a few seconds. The drone traces have 16 tool
+# schemas per record and prompts of about 2,000 tokens, so only the HTTP test uses them.
 SHORT_CONFIG: dict[str, Any] = {
     "max_seq_length": 1024,
     "max_teacher_prompt_tokens": 768,
@@ -204,10 +205,50 @@ class ApiServer(ServiceProcess):
         raise TimeoutError(f"{self.name} did not answer /healthz in {timeout_s} s:\n{self.tail()}")
 
 
-@pytest.fixture(scope="session")
-def e2e_env(service_settings: Settings, tiny_qwen3_5_dir: Path) -> dict[str, str]:
-    """Environment of the child processes: the run's SDFT_* settings and the tiny model."""
-    target = service_settings.models_dir / TINY_MODEL_NAME
+@pytest.fixture(scope="package", autouse=True)
+def e2e_services(service_settings: Settings) -> Iterator[Settings]:
+    """Give the e2e tests a database and a Redis database of their own.
+
+    A worker process trains every job its queue holds and its reaper requeues any stale job of
+    its database. Sharing the run's database and Redis with other test folders would make it
+    train their leftover jobs (queued or left `running` on purpose), so the e2e processes get
+    fresh ones. The S3 bucket and local folders stay shared: job keys never collide.
+    """
+    from api.db import migrate
+    from api.db.session import dispose_engines
+    from api.settings import get_settings
+    from tests.fixtures.services import (
+        REDIS_HOST_URL,
+        claim_redis_db,
+        create_database,
+        drop_database,
+        release_redis_db,
+    )
+
+    owner = f"e2e-{uuid.uuid4().hex[:12]}"
+    database_url = create_database()
+    redis_db = claim_redis_db(owner)
+    patch = pytest.MonkeyPatch()
+    try:
+        patch.setenv("SDFT_DATABASE_URL", database_url)
+        patch.setenv("SDFT_REDIS_URL", f"{REDIS_HOST_URL}/{redis_db}")
+        get_settings.cache_clear()
+        dispose_engines()
+        migrate.upgrade()
+        yield get_settings()
+    finally:
+        dispose_engines()
+        drop_database(database_url)
+        release_redis_db(redis_db, owner)
+        patch.undo()
+        get_settings.cache_clear()
+
+
+@pytest.fixture(scope="package")
+def e2e_env(e2e_services: Settings, tiny_qwen3_5_dir: Path) -> dict[str, str]:
+    """Environment of the child processes: the SDFT_* settings of the e2e services and the tiny
+    model in the models folder."""
+    target = e2e_services.models_dir / TINY_MODEL_NAME
     if not target.exists():
         shutil.copytree(tiny_qwen3_5_dir, target)
     env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
