@@ -153,7 +153,7 @@ def test_invalid_requests_get_422(processes: Processes, tenant: TenantKey) -> No
     assert unknown_model.status_code == 422, unknown_model.text
     assert "no-such-model" in unknown_model.text
 
-    lines = [json.dumps({"messages": [{"role": "user", "content": "hi"}]}), "{not json"]
+    lines = [json.dumps({"messages": "not a list"}), "{not json"]
     bad_dataset = client.post(
         "/datasets",
         files={"file": ("bad.jsonl", ("\n".join(lines) + "\n").encode(), "application/jsonl")},
