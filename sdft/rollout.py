@@ -22,8 +22,8 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-# First k tried by the nucleus search; at temperature 0.8 a trained model's nucleus at
-# top_p = 0.95 usually has far fewer tokens, so one topk call is the common case.
+# First k tried by the nucleus search. This is an estimate: the peaked distributions of trained
+# models rarely need more tokens for top_p = 0.95, while flat ones cost a few doublings.
 _INITIAL_TOP_K = 64
 
 
@@ -43,7 +43,7 @@ class Rollout:
 def top_p_candidates(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Return the nucleus of a (V,) probability vector as (token ids (N,), probabilities (N,)).
 
-    The nucleus holds the tokens, in decreasing probability, up to and including the first one
+    The nucleus contains the tokens, in decreasing probability, up to and including the first one
     at which the cumulative probability reaches `top_p`, so that it is the smallest such set. It
     is equivalent to HF's TopPLogitsWarper, except that a tie at the boundary probability keeps
     every tied token, where a sort would keep an arbitrary subset of them. With top_p >= 1 it is
@@ -62,14 +62,14 @@ def top_p_candidates(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, t
     k = min(_INITIAL_TOP_K, vocab_size)
     while True:
         values, ids = probs.topk(k)  # values are sorted in decreasing order
-        # float64 cumulative sums so that the boundary does not move with rounding error.
+        # float64 sums keep rounding error far below the gap between top_p and the mass.
         cumulative = values.double().cumsum(0)
         reached = cumulative >= top_p
         if bool(reached.any()) or k == vocab_size:
             if bool(reached.any()):
                 size = int(reached.to(torch.int8).argmax()) + 1
             else:
-                # Rounding kept the total below top_p; the nucleus is then every token.
+                # Rounding kept the total below top_p, so the nucleus is every token.
                 size = k
             boundary = values[size - 1]
             # Include tokens tied with the last kept one. If the ties run to the end of this
