@@ -90,7 +90,7 @@ def _peak_rss_mib() -> float:
 
 
 def _load_student(model_dir: Path, logit_scale: float) -> tuple[Any, Any]:
-    """Load the tiny model with a fresh LoRA adapter; return (peft model, tokenizer)."""
+    """Load the tiny model with a fresh LoRA adapter and return the peft model and tokenizer."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -115,6 +115,23 @@ def _time_steps(step: Callable[[], dict[str, float]], repeats: int, warm_up: boo
     if warm_up:
         step()  # first-touch allocations and lazy initialisation
     return [step() for _ in range(repeats)]
+
+
+def _update(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _step_times(
+    start: float, cpu_start: float, sampled: float, loss: torch.Tensor
+) -> dict[str, float]:
+    return {
+        "step_s": time.perf_counter() - start,
+        "cpu_s": time.process_time() - cpu_start,
+        "rollout_s": sampled - start,
+        "loss": loss.item(),
+    }
 
 
 def _ours_step(model: Any, tokenizer: Any, length: int) -> Callable[[], dict[str, float]]:
@@ -150,16 +167,8 @@ def _ours_step(model: Any, tokenizer: Any, length: int) -> Callable[[], dict[str
             student_hidden, teacher_hidden, head, tokens, chunk_bytes=CHUNK_BYTES
         )
         loss = masked_mean(stats.divergence, torch.ones(length, dtype=torch.bool))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        end = time.perf_counter()
-        return {
-            "step_s": end - start,
-            "cpu_s": time.process_time() - cpu_start,
-            "rollout_s": sampled - start,
-            "loss": float(loss),
-        }
+        _update(loss, optimizer)
+        return _step_times(start, cpu_start, sampled, loss)
 
     return step
 
@@ -196,16 +205,8 @@ def _naive_step(model: Any, tokenizer: Any, length: int) -> Callable[[], dict[st
         student_ids = torch.cat([student_prompt, tokens[None]], dim=1)
         student_logits = model(input_ids=student_ids).logits[0, -length - 1 : -1]
         loss = reverse_kl(student_logits, teacher_logits).mean()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        end = time.perf_counter()
-        return {
-            "step_s": end - start,
-            "cpu_s": time.process_time() - cpu_start,
-            "rollout_s": sampled - start,
-            "loss": float(loss),
-        }
+        _update(loss, optimizer)
+        return _step_times(start, cpu_start, sampled, loss)
 
     return step
 
@@ -213,7 +214,7 @@ def _naive_step(model: Any, tokenizer: Any, length: int) -> Callable[[], dict[st
 def _run_trl(
     model_dir: Path, length: int, repeats: int, warm_up: bool, logit_scale: float
 ) -> dict[str, Any]:
-    """Train TRL's experimental SDFT trainer for `repeats` steps, after one warm-up step."""
+    """Train TRL's experimental SDFT trainer: an optional warm-up, then `repeats` timed steps."""
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
