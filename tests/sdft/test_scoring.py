@@ -110,6 +110,25 @@ def test_chunked_stats_match_naive(
         torch.testing.assert_close(chunked_head_grad, head.weight.grad, atol=1e-5, rtol=1e-5)
 
 
+def test_chunked_stats_ignore_padding() -> None:
+    # A rollout of 9 tokens padded to 12: pad rows hold large garbage and the mask drops them.
+    head = _head()
+    student, teacher, targets = _rollout(12)
+    with torch.no_grad():
+        student[9:] = 50.0
+    mask = torch.arange(12) < 9
+
+    padded = chunked_token_stats(student, teacher, head, targets, chunk_bytes=_bytes_for_rows(5))
+    loss = masked_mean(padded.divergence, mask)
+    loss.backward()
+
+    unpadded = naive_token_stats(student[:9], teacher[:9], head, targets[:9])
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss, unpadded.divergence.mean(), atol=1e-5, rtol=1e-5)
+    assert student.grad[9:].abs().max() == 0
+    assert student.grad[:9].abs().max() > 0
+
+
 def test_chunked_logprobs_are_detached() -> None:
     head = _head()
     student, teacher, targets = _rollout(4)
