@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -319,6 +320,26 @@ def _hf_top_p_sample(logits: torch.Tensor, temperature: float, top_p: float) -> 
     return int(torch.multinomial(scores.softmax(-1)[0], 1))
 
 
+class _NucleusProcessor(LogitsProcessor):
+    """Mask every token outside `top_p_candidates`' nucleus, for use inside HF `generate`.
+
+    transformers 5.25 runs custom processors before its temperature warper, so the nucleus is
+    taken from the scores divided by `temperature` here, as in `sample_rollout`.
+    """
+
+    def __init__(self, top_p: float, temperature: float) -> None:
+        self.top_p = top_p
+        self.temperature = temperature
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        masked = torch.full_like(scores, float("-inf"))  # (B, V)
+        for row in range(scores.shape[0]):
+            probs = (scores[row] / self.temperature).softmax(-1)
+            ids, _ = top_p_candidates(probs, self.top_p)
+            masked[row, ids] = scores[row, ids]
+        return masked
+
+
 def run_sampler_bench(model_dir: Path, logit_scale: float, tokens: int) -> None:
     """Time the sampler alone per token, on synthetic logits and on the tiny model's decode."""
     results: dict[str, Any] = {}
@@ -357,6 +378,17 @@ def run_sampler_bench(model_dir: Path, logit_scale: float, tokens: int) -> None:
         ("hf_generate_top_p_ms", {"do_sample": True, "top_p": TOP_P, "top_k": 0}),
         ("hf_generate_no_top_p_ms", {"do_sample": True, "top_p": 1.0, "top_k": 0}),
         ("hf_generate_greedy_ms", {"do_sample": False}),
+        (
+            "hf_generate_our_nucleus_ms",
+            {
+                "do_sample": True,
+                "top_p": 1.0,
+                "top_k": 0,
+                "logits_processor": LogitsProcessorList(
+                    [_NucleusProcessor(TOP_P, ROLLOUT_TEMPERATURE)]
+                ),
+            },
+        ),
     ):
         with torch.no_grad():
             start = time.perf_counter()

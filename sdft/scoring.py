@@ -206,9 +206,10 @@ def chunked_token_stats(
             f"{tuple(student_hidden.shape)}, got {tuple(targets.shape)}"
         )
     if teacher_hidden is None:
-        student_lp = chunked_token_logprobs(
-            student_hidden, lm_head, targets, chunk_bytes=chunk_bytes
-        ).detach()
+        with torch.no_grad():
+            student_lp = chunked_token_logprobs(
+                student_hidden, lm_head, targets, chunk_bytes=chunk_bytes
+            )
         return TokenStats(divergence=None, student_logprobs=student_lp, teacher_logprobs=None)
     if teacher_hidden.shape != student_hidden.shape:
         raise ValueError(
