@@ -438,6 +438,27 @@ def _summarise(result: dict[str, Any]) -> dict[str, float]:
 
 
 def _print_tables(step_results: list[dict[str, Any]], sampler: dict[str, Any] | None) -> None:
+    if step_results:
+        _print_step_table(step_results)
+    if sampler is None:
+        return
+    print()
+    print(
+        f"{'logits':<16} {'nucleus':>8} {'ours ms/token':>14} {'HF ms/token':>12} {'HF / ours':>10}"
+    )
+    for name in ("peaked (std 5)", "flat (std 1)"):
+        row = sampler[name]
+        print(
+            f"{name:<16} {row['nucleus']:>8.0f} {row['ours_ms']:14.2f} {row['hf_ms']:12.2f} "
+            f"{row['hf_ms'] / row['ours_ms']:10.2f}"
+        )
+    print()
+    print("decode on the tiny model, ms per token:")
+    for label, value in sampler["decode"].items():
+        print(f"  {label:<26} {value:8.2f}")
+
+
+def _print_step_table(step_results: list[dict[str, Any]]) -> None:
     by_key = {(r["impl"], r["length"]): _summarise(r) for r in step_results}
     lengths = sorted({r["length"] for r in step_results})
     header = (
@@ -464,23 +485,6 @@ def _print_tables(step_results: list[dict[str, Any]], sampler: dict[str, Any] | 
                 f"{row['peak_mib']:9.0f} {row['delta_mib']:9.0f} {time_ratio} {cpu_ratio} "
                 f"{memory_ratio}"
             )
-
-    if sampler is None:
-        return
-    print()
-    print(
-        f"{'logits':<16} {'nucleus':>8} {'ours ms/token':>14} {'HF ms/token':>12} {'HF / ours':>10}"
-    )
-    for name in ("peaked (std 5)", "flat (std 1)"):
-        row = sampler[name]
-        print(
-            f"{name:<16} {row['nucleus']:>8.0f} {row['ours_ms']:14.2f} {row['hf_ms']:12.2f} "
-            f"{row['hf_ms'] / row['ours_ms']:10.2f}"
-        )
-    print()
-    print("decode on the tiny model, ms per token:")
-    for label, value in sampler["decode"].items():
-        print(f"  {label:<26} {value:8.2f}")
 
 
 def _plan(lengths: list[int], repeats: int, skip: set[str]) -> list[tuple[str, int, int, bool]]:
