@@ -17,6 +17,7 @@ from sdft.scoring import (
     chunk_rows,
     chunked_token_logprobs,
     chunked_token_stats,
+    decoder_trunk,
     lm_head_of,
     naive_token_stats,
     rollout_hidden_states,
@@ -335,6 +336,13 @@ def test_rollout_hidden_states_reject_bad_lengths(tiny_llama_dir: Path) -> None:
         rollout_hidden_states(model, input_ids, 4)
     with pytest.raises(ValueError, match=r"shape \(1, L\)"):
         rollout_hidden_states(model, input_ids[0], 1)
+
+
+def test_decoder_trunk_rejects_plain_module() -> None:
+    with pytest.raises(TypeError, match="cannot find the decoder trunk of Linear"):
+        decoder_trunk(nn.Linear(4, 4))
+    with pytest.raises(TypeError, match="Linear has no output embeddings"):
+        lm_head_of(nn.Linear(4, 4))
 
 
 def test_peft_student_teacher_gradients_match_naive(tiny_qwen3_5_dir: Path) -> None:
