@@ -169,13 +169,6 @@ def claim_job(
     return call_with_retry(f"claim job {job_id}", attempt_claim)
 
 
-def read_job_status(session_factory: SessionFactory, job_id: str) -> str | None:
-    with session_factory() as session:
-        return session.execute(
-            text("SELECT status FROM jobs WHERE id = :job_id"), {"job_id": job_id}
-        ).scalar_one_or_none()
-
-
 class AttemptStore:
     """The database side of one claimed attempt of a job."""
 

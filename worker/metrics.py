@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 # Rows kept in memory while the database is unreachable; past this the job fails rather than
 # grow without bound.
 MAX_BUFFERED_ROWS = 10_000
+# Seconds without publish attempts after a failed one, so an unreachable Redis costs one
+# connection timeout per pause instead of one per step.
+PUBLISH_PAUSE_S = 10.0
 
 
 class MetricsWriter:
@@ -44,6 +47,7 @@ class MetricsWriter:
         self._buffer: dict[int, dict[str, Any]] = {}
         self._oldest_at: float | None = None
         self._publish_failures = 0
+        self._publish_paused_until = 0.0
 
     def add(self, step: int, metrics: dict[str, Any]) -> None:
         self._buffer[step] = _finite(metrics)
@@ -88,7 +92,7 @@ class MetricsWriter:
                 ) from error
 
     def _publish(self, rows: list[dict[str, Any]]) -> None:
-        if self.redis is None or not rows:
+        if self.redis is None or not rows or time.monotonic() < self._publish_paused_until:
             return
         try:
             pipe = self.redis.pipeline(transaction=False)
@@ -98,6 +102,7 @@ class MetricsWriter:
             self._publish_failures = 0
         except Exception as error:  # noqa: BLE001 - the stream re-reads rows from the database
             self._publish_failures += 1
+            self._publish_paused_until = time.monotonic() + PUBLISH_PAUSE_S
             if self._publish_failures == 1 or self._publish_failures % 100 == 0:
                 logger.warning(
                     "could not publish metrics to Redis (%d failure(s)): %s: %s",

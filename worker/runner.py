@@ -486,6 +486,8 @@ class JobRunner:
         if stopped.reason == "cancelled":
             logger.info("job cancelled: %s", stopped)
             self._delete_partial_artifact()
+            # A cancelled job is never resumed, so its checkpoints only cost space.
+            self._delete_checkpoints(keep=0)
             return self.store.transition("cancelled")
         logger.warning("job failed: %s", stopped)
         self.store.add_event("error", str(stopped), {"reason": stopped.reason})
