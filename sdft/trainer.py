@@ -287,12 +287,7 @@ class SDFTRun:
             self.model_dir, device=self.device, dtype=self.dtype
         )
         if config.gradient_checkpointing:
-            # Non-reentrant checkpointing works with frozen inputs; input grads keep the
-            # reentrant path correct too should a model force it.
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
-            model.enable_input_require_grads()
+            _enable_activation_checkpointing(model)
 
         self.model, self.adapter_report = attach_adapter(model, config)
         self._adapter_names = [STUDENT_ADAPTER]
@@ -692,6 +687,24 @@ class SDFTRun:
 
     def _tensor(self, ids: list[int]) -> torch.Tensor:
         return torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, L)
+
+
+def _enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Turn on activation (gradient) checkpointing, non-reentrant, with input grads.
+
+    Non-reentrant checkpointing computes LoRA gradients even though the embedding output
+    does not require grad; the input-grad hook keeps the reentrant path correct as well.
+    transformers 5.25 renamed `gradient_checkpointing_enable` to
+    `activation_checkpointing_enable` and keeps the old name as a deprecated alias.
+    """
+    kwargs = {"use_reentrant": False}
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if not getattr(model, "_require_grads_hooks", None):
+        model.enable_input_require_grads()
 
 
 def _eos_token_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
