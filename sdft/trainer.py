@@ -225,6 +225,7 @@ class SDFTRun:
                 random_state=self._random_state,
             )
             self.state = loaded.state
+            self._reapply_schedule()
             self.metrics_log.truncate_after(self.state.step)
             last_checkpoint = loaded.path
             logger.info("resumed from step %d (%s)", self.state.step, loaded.path)
@@ -320,6 +321,23 @@ class SDFTRun:
         self._random_state = RandomState(
             python={"policy": self._policy_rng}, torch={"rollout": self._rollout_generator}
         )
+
+    def _reapply_schedule(self) -> None:
+        """Set the learning rate of the restored step from this run's schedule.
+
+        The checkpoint stores the learning rate that the original run's schedule gave. When
+        `max_steps` changed (a finished run extended, say), the linear and cosine schedules
+        give another rate for the same step, and this run's schedule must win.
+        """
+        scheduler = self.scheduler
+        lambdas = getattr(scheduler, "lr_lambdas", None)
+        if lambdas is None:
+            return
+        step = scheduler.last_epoch
+        rates = [base * fn(step) for base, fn in zip(scheduler.base_lrs, lambdas, strict=True)]
+        for group, rate in zip(self.optimizer.param_groups, rates, strict=True):
+            group["lr"] = rate
+        scheduler._last_lr = rates  # what get_last_lr() returns
 
     def _check_resumable(
         self, saved_config: dict[str, Any], saved_records: int, path: Path
