@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from worker.jobstore import AttemptStore, JobLost
+from worker.retry import call_with_retry
 
 logger = logging.getLogger(__name__)
 
@@ -62,20 +63,27 @@ class MetricsWriter:
         if self._oldest_at is not None and time.monotonic() - self._oldest_at >= self.max_delay_s:
             self._try_flush()
 
-    def flush(self) -> None:
-        """Write every buffered row now; raise if the database stays unreachable."""
+    def flush(self, *, retry: bool = True) -> None:
+        """Write every buffered row now. With `retry`, transient database errors are retried
+        with backoff before the last one is raised; without it, the first one is raised."""
         if not self._buffer:
             return
         rows = sorted(self._buffer.items())
-        stored = self.store.upsert_metrics(rows)
+        if retry:
+            stored = call_with_retry(
+                f"write {len(rows)} metric rows", lambda: self.store.upsert_metrics(rows)
+            )
+        else:
+            stored = self.store.upsert_metrics(rows)
         for step, _ in rows:
             self._buffer.pop(step, None)
         self._oldest_at = time.monotonic() if self._buffer else None
         self._publish(stored)
 
     def _try_flush(self) -> None:
+        # One attempt only: a training step must not wait for the database.
         try:
-            self.flush()
+            self.flush(retry=False)
         except JobLost:
             raise
         except Exception as error:  # noqa: BLE001 - keep the rows and retry on the next flush
