@@ -20,7 +20,7 @@ from tests.e2e.conftest import (
     create_job,
     download_artifact,
     upload_dataset,
-    wait_for_job,
+    wait_for_end,
 )
 from tests.fixtures.services import TenantKey
 
@@ -74,14 +74,7 @@ def test_train_job_over_http(processes: Processes, tenant: TenantKey, tmp_path: 
         daemon=True,
     )
     reader.start()
-    finished = wait_for_job(
-        client,
-        job["id"],
-        lambda j: j["status"] in ("succeeded", "failed", "cancelled"),
-        timeout_s=300,
-        describe="the job to finish",
-        tails=processes.tails,
-    )
+    finished = wait_for_end(client, job["id"], processes.tails, timeout_s=300)
     assert finished["status"] == "succeeded", finished["error"]
     assert finished["current_step"] == MAX_STEPS
     assert finished["attempt"] == 1
