@@ -34,27 +34,27 @@ class Settings(BaseSettings):
     cache_dir: Path = Path(".sdft/cache")
 
     # Limits.
-    presign_expiry_s: int = Field(3600, gt=0, le=7 * 24 * 3600)
-    max_upload_bytes: int = Field(4 * 1024**3, gt=0)
-    max_request_bytes: int = Field(1024**2, gt=0)
-    max_jobs_in_flight_per_tenant: int = Field(4, gt=0)
-    rate_limit_per_minute: int = Field(600, gt=0)
-    job_time_limit_s: int = Field(48 * 3600, gt=0)
+    presign_expiry_s: int = Field(default=3600, gt=0, le=7 * 24 * 3600)
+    max_upload_bytes: int = Field(default=4 * 1024**3, gt=0)
+    max_request_bytes: int = Field(default=1024**2, gt=0)
+    max_jobs_in_flight_per_tenant: int = Field(default=4, gt=0)
+    rate_limit_per_minute: int = Field(default=600, gt=0)
+    job_time_limit_s: int = Field(default=48 * 3600, gt=0)
 
     # Database connections per process. The API admits at most pool size + overflow requests
     # that use the database at once (see api.limits.ConcurrencyLimit).
-    db_pool_size: int = Field(10, gt=0)
-    db_max_overflow: int = Field(20, ge=0)
+    db_pool_size: int = Field(default=10, gt=0)
+    db_max_overflow: int = Field(default=20, ge=0)
     # Seconds a request may wait for one of those slots before it gets 503.
-    request_queue_timeout_s: float = Field(30.0, gt=0)
+    request_queue_timeout_s: float = Field(default=30.0, gt=0)
 
     # Worker liveness.
-    heartbeat_interval_s: float = Field(15.0, gt=0)
-    heartbeat_stale_after_s: float = Field(120.0, gt=0)
-    reaper_interval_s: float = Field(60.0, gt=0)
-    metrics_batch_size: int = Field(10, gt=0)
+    heartbeat_interval_s: float = Field(default=15.0, gt=0)
+    heartbeat_stale_after_s: float = Field(default=120.0, gt=0)
+    reaper_interval_s: float = Field(default=60.0, gt=0)
+    metrics_batch_size: int = Field(default=10, gt=0)
     # Attempts a job gets before the reaper fails it instead of requeueing it after a lost worker.
-    job_max_attempts: int = Field(3, gt=0)
+    job_max_attempts: int = Field(default=3, gt=0)
 
     @field_validator("s3_presign_endpoint_url")
     @classmethod

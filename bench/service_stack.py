@@ -93,15 +93,29 @@ def service_stack(extra_env: dict[str, str] | None = None, api_workers: int = 1)
             _wait_healthy(base_url, api)
             yield Stack(base_url=base_url, api_pid=api.pid, api_key=key, env=env)
         finally:
-            if api is not None:
-                api.terminate()
-                api.wait(timeout=30)
-            weed.stop()
-            from api.db.session import dispose_engines
+            # Each step runs even if an earlier one fails, so no server outlives the benchmark.
+            try:
+                if api is not None:
+                    _stop_process(api)
+            finally:
+                try:
+                    weed.stop()
+                finally:
+                    from api.db.session import dispose_engines
 
-            dispose_engines()
-            drop_database(database_url)
-            release_redis_db(redis_db, run_id)
+                    dispose_engines()
+                    drop_database(database_url)
+                    release_redis_db(redis_db, run_id)
+
+
+def _stop_process(process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
+    """Stop with SIGTERM, then SIGKILL if the process is still running after `timeout_s`."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
 
 
 def _wait_healthy(base_url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:

@@ -38,6 +38,8 @@ async def create_dataset(
     strict: Annotated[bool, Form(description="Reject the upload on any invalid line")] = True,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JSONResponse:
+    # NOTE: Starlette spools the file part to a temporary file (on disk above 1 MiB) before
+    # this handler runs, so an upload needs its size in free space in the temp directory.
     ctx = submission_context(settings, storage, principal, idempotency_key)
     request = UploadRequest(
         tenant_id=principal.tenant_id,

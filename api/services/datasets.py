@@ -14,7 +14,7 @@ import json
 import logging
 import zlib
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -69,7 +69,7 @@ class IngestOutcome:
 class _CountingReader(io.RawIOBase):
     """Read-through wrapper that hashes and counts bytes, raising once `limit` is passed."""
 
-    def __init__(self, raw: IO[bytes], limit: int, subject: str):
+    def __init__(self, raw: IO[bytes] | gzip.GzipFile, limit: int, subject: str):
         self._raw = raw
         self._limit = limit
         self._subject = subject
@@ -113,7 +113,7 @@ def stream_records(
     outcome = IngestOutcome()
     counter = _CountingReader(upload, max_bytes, "upload")
     buffered = io.BufferedReader(counter, buffer_size=READ_CHUNK_BYTES)
-    stream: IO[bytes] = buffered
+    stream: BinaryIO = buffered
     if buffered.peek(2)[:2] == GZIP_MAGIC:
         outcome.compressed = True
         decompressed = _CountingReader(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 from pathlib import Path
 
 import httpx
@@ -77,3 +78,13 @@ def test_wrong_secret_rejected(service_settings: Settings) -> None:
     wrong = service_settings.model_copy(update={"s3_secret_access_key": SecretStr("wrong")})
     with pytest.raises(ClientError):
         Storage.from_settings(wrong).client.list_objects_v2(Bucket=service_settings.s3_bucket)
+
+
+def test_presigned_url_expires(storage: Storage) -> None:
+    storage.upload_fileobj("unit/expiring.txt", io.BytesIO(b"soon gone"))
+    url = storage.presign_get("unit/expiring.txt", 1)
+    assert httpx.get(url).status_code == 200
+
+    time.sleep(2.5)
+
+    assert httpx.get(url).status_code == 403

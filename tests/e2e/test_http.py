@@ -146,13 +146,8 @@ def test_invalid_requests_get_422(processes: Processes, tenant: TenantKey) -> No
     assert unknown_model.status_code == 422, unknown_model.text
     assert "no-such-model" in unknown_model.text
 
-    valid = {
-        "messages": [
-            {"role": "user", "content": "Take off."},
-            {"role": "assistant", "content": "Taking off."},
-        ]
-    }
-    lines = [json.dumps(valid), "{not json"]
+    # Both lines are invalid, for different reasons: each is reported with its number.
+    lines = [json.dumps({"messages": "not a list"}), "{not json"]
     bad_dataset = client.post(
         "/datasets",
         files={"file": ("bad.jsonl", ("\n".join(lines) + "\n").encode(), "application/jsonl")},
@@ -160,6 +155,6 @@ def test_invalid_requests_get_422(processes: Processes, tenant: TenantKey) -> No
     assert bad_dataset.status_code == 422, bad_dataset.text
     body: dict[str, Any] = bad_dataset.json()
     problems = " ".join(body["error"]["problems"])
+    assert "line 1" in problems
     assert "line 2" in problems
     assert "invalid JSON" in problems
-    assert "line 1" not in problems
