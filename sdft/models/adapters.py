@@ -12,7 +12,7 @@ import copy
 import logging
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -26,8 +26,8 @@ logger = logging.getLogger(__name__)
 STUDENT_ADAPTER = "default"
 EMA_ADAPTER = "ema"
 
-# Layer types peft's LoRA can wrap; a target name that matches only other modules (a norm,
-# a container) adapts nothing.
+# Layer types of language trunks that peft's LoRA wraps. A target name that matches only
+# other modules (a norm, a container) adapts nothing.
 _LORA_LAYER_TYPES = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d)
 
 
@@ -51,7 +51,6 @@ class AdapterReport:
     trainable_parameters: int
     total_parameters: int
     skipped_vision_modules: int = 0
-    notes: list[str] = field(default_factory=list)
 
     @property
     def adapted_modules(self) -> int:
@@ -241,7 +240,7 @@ def update_ema_adapter(model: PeftModel, decay: float) -> None:
 def _ema_pairs(model: PeftModel) -> list[tuple[torch.Tensor, torch.Tensor]]:
     params = dict(model.named_parameters())
     student_tag = f".{STUDENT_ADAPTER}."
-    pairs = []
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
     for name, param in params.items():
         if student_tag not in name:
             continue
