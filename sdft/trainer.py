@@ -1,12 +1,12 @@
 """The SDFT training loop: one model, a LoRA student and a reference-prompted teacher.
 
 Each optimizer step runs `gradient_accumulation_steps` micro-batches of `batch_size`
-records. For each record, with probability `lambda_on_policy`, the student (adapter on)
-samples a rollout y for the student prompt x; the teacher (adapter off, or the "ema"
-adapter) scores y after the teacher prompt, which holds the expert reference; the student
-scores y after x with gradients, and the loss is the per-token divergence between the two
-next-token distributions. Otherwise the loss is cross-entropy on the expert turn's tokens
-after x.
+records. A record is trained on-policy with probability `lambda_on_policy`. Then the
+student (adapter on) samples a rollout y for the student prompt x. The teacher (adapter
+off, or the "ema" adapter) scores y after the teacher prompt, which contains the expert
+reference, and the student scores y after x with gradients. The loss is the per-token
+divergence between the two next-token distributions. Otherwise the loss is cross-entropy
+on the expert turn's tokens after x.
 
 Normalisation: the loss of a micro-batch is the sum of per-token losses over every scored
 token in it (rollout tokens of on-policy records, expert tokens of the others), divided by
@@ -74,7 +74,7 @@ _RESUMABLE_CHANGES = frozenset({"max_steps", "checkpoint_every", "device"})
 
 
 class TrainingError(RuntimeError):
-    """A run that cannot continue; the message says which input to change."""
+    """A run that cannot continue; the message names the input to change."""
 
 
 class TrainCallbacks:

@@ -222,22 +222,39 @@ def test_chunked_stats_reject_mismatched_shapes() -> None:
         chunked_token_stats(student, teacher[:4], head, targets)
 
 
-def test_chunked_logprobs_match_naive_with_grad() -> None:
+@pytest.mark.parametrize("trainable_head", [False, True], ids=["frozen-head", "trainable-head"])
+def test_chunked_logprobs_match_naive_with_grad(trainable_head: bool) -> None:
     num_tokens = 11
-    head = _head()
+    head = _head(trainable=trainable_head)
     hidden, _, targets = _rollout(num_tokens)
     weights = torch.linspace(0.1, 1.0, num_tokens)
 
     chunked = chunked_token_logprobs(hidden, head, targets, chunk_bytes=_bytes_for_rows(4, 1))
     (chunked * weights).sum().backward()
     chunked_grad = hidden.grad.clone()
+    chunked_head_grad = head.weight.grad.clone() if trainable_head else None
     hidden.grad = None
+    head.weight.grad = None
     naive = head(hidden).log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
     (naive * weights).sum().backward()
 
     assert max(head.rows_per_call[:3]) == 4
     torch.testing.assert_close(chunked, naive, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(chunked_grad, hidden.grad, atol=1e-5, rtol=1e-5)
+    if trainable_head:
+        torch.testing.assert_close(chunked_head_grad, head.weight.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_chunked_logprobs_without_grad() -> None:
+    head = _head()
+    hidden, _, targets = _rollout(9)
+
+    with torch.no_grad():
+        quiet = chunked_token_logprobs(hidden, head, targets, chunk_bytes=_bytes_for_rows(2, 1))
+    expected = naive_token_stats(hidden, None, head, targets).student_logprobs
+
+    assert not quiet.requires_grad
+    torch.testing.assert_close(quiet, expected, atol=1e-6, rtol=1e-6)
 
 
 def test_chunked_logprobs_empty() -> None:
