@@ -5,10 +5,10 @@
   student prompt, with private reasoning removed. Its token ids are the cross-entropy
   targets when `lambda_on_policy` < 1, and its text (without the template's end-of-turn
   marker) is the expert reference shown to the teacher.
-- Teacher prompt, by `teacher_layout`:
-  `reference_block` puts the expert reference inside `config.teacher_instruction` as the
-  final user turn; `demonstration` replays the record's own expert turn, after
-  `demonstration_examples` turns of other records, as earlier user/assistant turns.
+- Teacher prompt, by `teacher_layout`. `reference_block` puts the expert reference inside
+  `config.teacher_instruction` as the final user turn. `demonstration` replays the record's
+  own expert turn as an earlier user/assistant exchange, after `demonstration_examples`
+  exchanges of other records.
 
 Every prompt is returned as token ids together with its text, for debugging.
 """
@@ -52,8 +52,8 @@ class EncodedText:
 class ExamplePrompts:
     """The prompts of one record.
 
-    `expert` holds the expert turn's tokens as they follow `student`, up to and including
-    the first end-of-turn token; `reference` is the expert turn's text as placed in the
+    `expert` contains the expert turn's tokens as they follow `student`, up to and including
+    the first end-of-turn token. `reference` is the expert turn's text as placed in the
     teacher prompt.
     """
 
@@ -104,16 +104,16 @@ class PromptBuilder:
         )
         self.template_renders_tool_calls = self._probe_tool_calls()
         self.template_renders_tools = self._probe_tools()
-        if not self.template_renders_tool_calls:
-            logger.warning(
-                "the chat template drops assistant tool calls; expert tool calls are written "
-                "into the message text as <tool_call> JSON lines instead"
-            )
-        if not self.template_renders_tools:
-            logger.warning(
-                "the chat template ignores tool schemas; they are listed in the system "
-                "message as <tools> JSON lines instead"
-            )
+        _warn_once(
+            not self.template_renders_tool_calls,
+            "the chat template drops assistant tool calls; expert tool calls are written "
+            "into the message text as <tool_call> JSON lines instead",
+        )
+        _warn_once(
+            not self.template_renders_tools,
+            "the chat template ignores tool schemas; they are listed in the system "
+            "message as <tools> JSON lines instead",
+        )
 
     # Public API.
 
@@ -181,7 +181,7 @@ class PromptBuilder:
         return str(text)
 
     def _encode(self, text: str) -> list[int]:
-        # The rendered text already holds the template's special tokens (BOS included where
+        # The rendered text already contains the template's special tokens (BOS included where
         # the template writes one), so the tokenizer must not add its own.
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -210,8 +210,8 @@ class PromptBuilder:
         if full_ids[: len(student_ids)] == student_ids:
             expert_ids = full_ids[len(student_ids) :]
         else:
-            # A BPE merge across the boundary changed the last prompt token; encode the
-            # expert turn on its own so that the student prompt stays as sampled.
+            # A BPE merge across the boundary changed the last prompt token. Encoding the
+            # expert turn on its own keeps the student prompt's tokens as sampled.
             expert_ids = self._encode(expert_text)
 
         # Tokens after the end-of-turn token (a newline in ChatML) are never sampled.
@@ -346,6 +346,17 @@ class PromptBuilder:
         except PromptError:
             return False
         return _PROBE_TOOL in text
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(condition: bool, message: str) -> None:
+    # Builders are created per run and per teacher-check layout; one warning per process
+    # is enough to explain the fallback.
+    if condition and message not in _warned:
+        _warned.add(message)
+        logger.warning(message)
 
 
 def _with_tools_in_system(

@@ -169,13 +169,6 @@ def claim_job(
     return call_with_retry(f"claim job {job_id}", attempt_claim)
 
 
-def read_job_status(session_factory: SessionFactory, job_id: str) -> str | None:
-    with session_factory() as session:
-        return session.execute(
-            text("SELECT status FROM jobs WHERE id = :job_id"), {"job_id": job_id}
-        ).scalar_one_or_none()
-
-
 class AttemptStore:
     """The database side of one claimed attempt of a job."""
 
@@ -247,15 +240,18 @@ class AttemptStore:
     def delete_metrics_after(self, step: int) -> int:
         """Delete metric rows after `step`, written by a dead attempt past its last checkpoint."""
 
-        def delete() -> int:
+        from api.db.models import JobMetric
+
+        def delete_rows() -> int:
             with self.owned_session() as (session, _):
                 result = session.execute(
-                    text("DELETE FROM job_metrics WHERE job_id = :job_id AND step > :step"),
-                    {"job_id": self.job.id, "step": step},
+                    delete(JobMetric).where(JobMetric.job_id == self.job.id, JobMetric.step > step)
                 )
-                return int(result.rowcount or 0)
+                return int(getattr(result, "rowcount", 0) or 0)
 
-        return call_with_retry(f"delete metrics after step {step} of job {self.job.id}", delete)
+        return call_with_retry(
+            f"delete metrics after step {step} of job {self.job.id}", delete_rows
+        )
 
     def add_event(self, type_: str, message: str, data: dict[str, Any] | None = None) -> None:
         from api.services.jobs import add_event

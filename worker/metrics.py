@@ -15,12 +15,16 @@ import time
 from typing import Any
 
 from worker.jobstore import AttemptStore, JobLost
+from worker.retry import call_with_retry
 
 logger = logging.getLogger(__name__)
 
 # Rows kept in memory while the database is unreachable; past this the job fails rather than
 # grow without bound.
 MAX_BUFFERED_ROWS = 10_000
+# Seconds without publish attempts after a failed one, so an unreachable Redis costs one
+# connection timeout per pause instead of one per step.
+PUBLISH_PAUSE_S = 10.0
 
 
 class MetricsWriter:
@@ -44,6 +48,7 @@ class MetricsWriter:
         self._buffer: dict[int, dict[str, Any]] = {}
         self._oldest_at: float | None = None
         self._publish_failures = 0
+        self._publish_paused_until = 0.0
 
     def add(self, step: int, metrics: dict[str, Any]) -> None:
         self._buffer[step] = _finite(metrics)
@@ -58,20 +63,27 @@ class MetricsWriter:
         if self._oldest_at is not None and time.monotonic() - self._oldest_at >= self.max_delay_s:
             self._try_flush()
 
-    def flush(self) -> None:
-        """Write every buffered row now; raise if the database stays unreachable."""
+    def flush(self, *, retry: bool = True) -> None:
+        """Write every buffered row now. With `retry`, transient database errors are retried
+        with backoff before the last one is raised; without it, the first one is raised."""
         if not self._buffer:
             return
         rows = sorted(self._buffer.items())
-        stored = self.store.upsert_metrics(rows)
+        if retry:
+            stored = call_with_retry(
+                f"write {len(rows)} metric rows", lambda: self.store.upsert_metrics(rows)
+            )
+        else:
+            stored = self.store.upsert_metrics(rows)
         for step, _ in rows:
             self._buffer.pop(step, None)
         self._oldest_at = time.monotonic() if self._buffer else None
         self._publish(stored)
 
     def _try_flush(self) -> None:
+        # One attempt only: a training step must not wait for the database.
         try:
-            self.flush()
+            self.flush(retry=False)
         except JobLost:
             raise
         except Exception as error:  # noqa: BLE001 - keep the rows and retry on the next flush
@@ -88,7 +100,7 @@ class MetricsWriter:
                 ) from error
 
     def _publish(self, rows: list[dict[str, Any]]) -> None:
-        if self.redis is None or not rows:
+        if self.redis is None or not rows or time.monotonic() < self._publish_paused_until:
             return
         try:
             pipe = self.redis.pipeline(transaction=False)
@@ -98,6 +110,7 @@ class MetricsWriter:
             self._publish_failures = 0
         except Exception as error:  # noqa: BLE001 - the stream re-reads rows from the database
             self._publish_failures += 1
+            self._publish_paused_until = time.monotonic() + PUBLISH_PAUSE_S
             if self._publish_failures == 1 or self._publish_failures % 100 == 0:
                 logger.warning(
                     "could not publish metrics to Redis (%d failure(s)): %s: %s",

@@ -15,6 +15,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -427,7 +428,7 @@ class JobRunner:
             for step in steps[keep:]:
                 prefix = checkpoint_prefix(self.job_id, step)
                 call_with_retry(
-                    f"delete checkpoint {prefix}", lambda p=prefix: self.storage.delete_prefix(p)
+                    f"delete checkpoint {prefix}", partial(self.storage.delete_prefix, prefix)
                 )
         except Exception as error:  # noqa: BLE001
             logger.warning("could not delete old checkpoints: %s: %s", type(error).__name__, error)
@@ -450,7 +451,7 @@ class JobRunner:
             relpath = path.relative_to(merged_dir).as_posix()
             key = prefix + relpath
             size, sha256 = call_with_retry(
-                f"upload {key}", lambda p=path, k=key: _upload_file(self.storage, k, p)
+                f"upload {key}", partial(_upload_file, self.storage, key, path)
             )
             uploaded.append((relpath, size, sha256, key))
             self.store.add_event(
@@ -486,6 +487,8 @@ class JobRunner:
         if stopped.reason == "cancelled":
             logger.info("job cancelled: %s", stopped)
             self._delete_partial_artifact()
+            # A cancelled job is never resumed, so its checkpoints only cost space.
+            self._delete_checkpoints(keep=0)
             return self.store.transition("cancelled")
         logger.warning("job failed: %s", stopped)
         self.store.add_event("error", str(stopped), {"reason": stopped.reason})

@@ -34,8 +34,14 @@ def storage() -> Storage:
 @functools.cache
 def redis_client() -> Any:
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
-    # Short timeouts: publishing metrics is best effort and must not stall a training step.
+    # Short timeouts and no retries: publishing metrics is best effort and must not stall a
+    # training step while Redis is down.
     return redis.Redis.from_url(
-        settings().redis_url_value, socket_timeout=2.0, socket_connect_timeout=2.0
+        settings().redis_url_value,
+        socket_timeout=2.0,
+        socket_connect_timeout=2.0,
+        retry=Retry(NoBackoff(), retries=0),
     )

@@ -22,6 +22,10 @@ def worker_identity(hostname: str | None) -> str:
     return f"{hostname or socket.gethostname()}/{os.getpid()}"
 
 
+# NOTE: Celery's worker guide lists time limits as supported by the prefork and gevent pools
+# only, so none is set for these solo/threads workers. The runner checks `time_limit_s` at every
+# step and the reaper fails a job past it, but a step that hangs inside torch keeps its worker
+# busy until the step returns.
 @celery_app.task(
     name=TRAIN_TASK,
     bind=True,

@@ -337,6 +337,35 @@ def wait_for_job(
     pytest.fail(f"timed out after {timeout_s} s waiting for {describe}; job: {job}\n{tails()}")
 
 
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+def wait_for_first_step(
+    client: httpx.Client, job_id: str, tails: Callable[[], str], timeout_s: float = 180
+) -> dict[str, Any]:
+    return wait_for_job(
+        client,
+        job_id,
+        lambda j: j["status"] == "running" and j["current_step"] >= 1,
+        timeout_s=timeout_s,
+        describe="the first training step",
+        tails=tails,
+    )
+
+
+def wait_for_end(
+    client: httpx.Client, job_id: str, tails: Callable[[], str], timeout_s: float = 240
+) -> dict[str, Any]:
+    return wait_for_job(
+        client,
+        job_id,
+        lambda j: j["status"] in TERMINAL_STATUSES,
+        timeout_s=timeout_s,
+        describe="the job to end",
+        tails=tails,
+    )
+
+
 def all_metrics(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     after = -1

@@ -19,11 +19,10 @@ from tests.e2e.conftest import (
     create_job,
     short_dataset_body,
     upload_dataset,
-    wait_for_job,
+    wait_for_end,
+    wait_for_first_step,
 )
 from tests.fixtures.services import TenantKey
-
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 @pytest.fixture(scope="module")
@@ -47,40 +46,19 @@ def test_cancel_running_job_frees_worker(
     client = client_for(api, tenant)
     dataset = upload_dataset(client, "short.jsonl", short_dataset_body())
     job = create_job(client, dataset["id"], max_steps=50, checkpoint_every=100, **SHORT_CONFIG)
-    wait_for_job(
-        client,
-        job["id"],
-        lambda j: j["status"] == "running" and j["current_step"] >= 1,
-        timeout_s=180,
-        describe="the first training step",
-        tails=tails,
-    )
+    wait_for_first_step(client, job["id"], tails)
 
     response = client.post(f"/jobs/{job['id']}/cancel")
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "cancelling"
-    cancelled = wait_for_job(
-        client,
-        job["id"],
-        lambda j: j["status"] in TERMINAL,
-        timeout_s=60,
-        describe="the cancel to take effect",
-        tails=tails,
-    )
+    cancelled = wait_for_end(client, job["id"], tails, timeout_s=60)
 
     assert cancelled["status"] == "cancelled"
     assert cancelled["current_step"] < 50
     assert client.get(f"/jobs/{job['id']}/artifacts").json()["data"] == []
     # The only worker is free again: the next job runs to the end.
     follow_up = create_job(client, dataset["id"], max_steps=1, **SHORT_CONFIG)
-    done = wait_for_job(
-        client,
-        follow_up["id"],
-        lambda j: j["status"] in TERMINAL,
-        timeout_s=180,
-        describe="the job after the cancelled one",
-        tails=tails,
-    )
+    done = wait_for_end(client, follow_up["id"], tails, timeout_s=180)
     assert done["status"] == "succeeded", done["error"]
     assert shared_worker.alive()
 
@@ -96,26 +74,12 @@ def test_api_restart_does_not_touch_job(
     client = client_for(api, tenant)
     dataset = upload_dataset(client, "short.jsonl", short_dataset_body())
     job = create_job(client, dataset["id"], max_steps=max_steps, **SHORT_CONFIG)
-    wait_for_job(
-        client,
-        job["id"],
-        lambda j: j["status"] == "running" and j["current_step"] >= 1,
-        timeout_s=180,
-        describe="the first training step",
-        tails=tails,
-    )
+    wait_for_first_step(client, job["id"], tails)
 
     api.stop()
     restarted_api = processes.api(port=api.port)
     client = client_for(restarted_api, tenant)
-    finished = wait_for_job(
-        client,
-        job["id"],
-        lambda j: j["status"] in TERMINAL,
-        timeout_s=240,
-        describe="the job to finish after the API restart",
-        tails=tails,
-    )
+    finished = wait_for_end(client, job["id"], tails, timeout_s=240)
 
     assert finished["status"] == "succeeded", finished["error"]
     assert finished["attempt"] == 1

@@ -23,11 +23,11 @@ from tests.e2e.conftest import (
     free_port,
     short_dataset_body,
     upload_dataset,
+    wait_for_end,
+    wait_for_first_step,
     wait_for_job,
 )
 from tests.fixtures.services import TenantKey
-
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def test_killed_worker_resumes_from_checkpoint(
@@ -59,14 +59,7 @@ def test_killed_worker_resumes_from_checkpoint(
     assert at_kill["status"] == "running"
 
     processes.worker()
-    finished = wait_for_job(
-        client,
-        job["id"],
-        lambda j: j["status"] in TERMINAL,
-        timeout_s=300,
-        describe="the resumed job to finish",
-        tails=processes.tails,
-    )
+    finished = wait_for_end(client, job["id"], processes.tails, timeout_s=300)
 
     assert finished["status"] == "succeeded", finished["error"]
     assert finished["attempt"] == 2
@@ -146,14 +139,7 @@ def test_redis_outage_mid_job(processes: Processes, tenant: TenantKey, tmp_path:
     client = client_for(api, tenant)
     dataset = upload_dataset(client, "short.jsonl", short_dataset_body())
     job = create_job(client, dataset["id"], max_steps=max_steps, checkpoint_every=2, **SHORT_CONFIG)
-    wait_for_job(
-        client,
-        job["id"],
-        lambda j: j["status"] == "running" and j["current_step"] >= 1,
-        timeout_s=180,
-        describe="the first training step",
-        tails=processes.tails,
-    )
+    wait_for_first_step(client, job["id"], processes.tails)
 
     redis_server.stop()
     step_at_outage = current_step(job["id"])
@@ -165,14 +151,7 @@ def test_redis_outage_mid_job(processes: Processes, tenant: TenantKey, tmp_path:
     time.sleep(2)
     processes.infra.append(start_redis(port, data_dir, tmp_path, "redis-1"))
 
-    finished = wait_for_job(
-        client,
-        job["id"],
-        lambda j: j["status"] in TERMINAL,
-        timeout_s=240,
-        describe="the job to finish after the Redis outage",
-        tails=processes.tails,
-    )
+    finished = wait_for_end(client, job["id"], processes.tails, timeout_s=240)
     assert finished["status"] == "succeeded", finished["error"]
     assert finished["attempt"] == 1
     assert_steps_complete(all_metrics(client, job["id"]), max_steps)

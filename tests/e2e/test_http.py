@@ -20,7 +20,7 @@ from tests.e2e.conftest import (
     create_job,
     download_artifact,
     upload_dataset,
-    wait_for_job,
+    wait_for_end,
 )
 from tests.fixtures.services import TenantKey
 
@@ -74,14 +74,7 @@ def test_train_job_over_http(processes: Processes, tenant: TenantKey, tmp_path: 
         daemon=True,
     )
     reader.start()
-    finished = wait_for_job(
-        client,
-        job["id"],
-        lambda j: j["status"] in ("succeeded", "failed", "cancelled"),
-        timeout_s=300,
-        describe="the job to finish",
-        tails=processes.tails,
-    )
+    finished = wait_for_end(client, job["id"], processes.tails, timeout_s=300)
     assert finished["status"] == "succeeded", finished["error"]
     assert finished["current_step"] == MAX_STEPS
     assert finished["attempt"] == 1
@@ -153,6 +146,7 @@ def test_invalid_requests_get_422(processes: Processes, tenant: TenantKey) -> No
     assert unknown_model.status_code == 422, unknown_model.text
     assert "no-such-model" in unknown_model.text
 
+    # Both lines are invalid, for different reasons: each is reported with its number.
     lines = [json.dumps({"messages": "not a list"}), "{not json"]
     bad_dataset = client.post(
         "/datasets",
@@ -163,3 +157,4 @@ def test_invalid_requests_get_422(processes: Processes, tenant: TenantKey) -> No
     problems = " ".join(body["error"]["problems"])
     assert "line 1" in problems
     assert "line 2" in problems
+    assert "invalid JSON" in problems

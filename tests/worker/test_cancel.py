@@ -46,6 +46,8 @@ def assert_cancelled_without_artifact(job_id: str, settings: Settings) -> None:
     storage = Storage.from_settings(settings)
     assert storage.read_manifest(job_id) is None
     assert list(storage.list_prefix(f"jobs/{job_id}/merged/")) == []
+    # A cancelled job is never resumed: its checkpoints are deleted too.
+    assert list(storage.list_prefix(f"jobs/{job_id}/checkpoints/")) == []
 
 
 def test_cancel_queued_job(make_job: Callable[..., str], service_settings: Settings) -> None:

@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy import select
 
 from api.db.models import JobMetric
@@ -88,13 +90,17 @@ def test_writer_keeps_rows_when_redis_is_down(make_job: Callable[..., str]) -> N
     job_id = make_job()
     store = claimed_store(job_id)
     # Nothing listens on port 1: every publish fails, and the rows must still be stored.
-    unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    unreachable = redis.Redis(
+        host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
     writer = MetricsWriter(store, unreachable, batch_size=1, channel="unused")
 
     writer.add(1, {"loss": 1.0})
     writer.add(2, {"loss": 2.0})
 
     assert [step for step, _ in stored_metrics(job_id)] == [1, 2]
+    # After the first failure the writer pauses publishing instead of failing every step.
+    assert writer._publish_failures == 1
 
 
 def test_old_attempt_is_fenced_out(make_job: Callable[..., str]) -> None:
