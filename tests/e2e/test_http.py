@@ -11,6 +11,7 @@ import httpx
 
 from tests.e2e.conftest import (
     DRONE_TRACES,
+    SHORT_CONFIG,
     TINY_MODEL_NAME,
     Processes,
     all_events,
@@ -25,6 +26,7 @@ from tests.e2e.conftest import (
 from tests.fixtures.services import TenantKey
 
 MAX_STEPS = 2
+CLAUDE_CODE_SESSION = "../shared/data/traces/claude_code/session_short.jsonl"
 
 
 def read_sse(url: str, headers: dict[str, str], events: list[tuple[str, str, str]]) -> None:
@@ -101,6 +103,28 @@ def test_train_job_over_http(processes: Processes, tenant: TenantKey, tmp_path: 
     model_dir = tmp_path / "merged"
     files = download_artifact(client, job["id"], model_dir)
     assert "config.json" in {entry["path"] for entry in files}
+    assert_loads_and_generates(model_dir)
+
+
+def test_claude_code_session_job(processes: Processes, tenant: TenantKey, tmp_path: Path) -> None:
+    api = processes.api()
+    processes.worker()
+    client = client_for(api, tenant)
+
+    # The raw session log goes in as written by Claude Code; the API detects and converts it.
+    session = Path(CLAUDE_CODE_SESSION).read_bytes()
+    dataset = upload_dataset(client, "session_short.jsonl", session)
+    assert dataset["format"] == "claude_code"
+    assert dataset["records"] == 1
+    assert dataset["report"]["reasoning_removed"] == 1
+
+    job = create_job(client, dataset["id"], **{**SHORT_CONFIG, "max_steps": MAX_STEPS})
+    finished = wait_for_end(client, job["id"], processes.tails, timeout_s=300)
+    assert finished["status"] == "succeeded", finished["error"]
+    assert_steps_complete(all_metrics(client, job["id"]), MAX_STEPS)
+
+    model_dir = tmp_path / "merged"
+    download_artifact(client, job["id"], model_dir)
     assert_loads_and_generates(model_dir)
 
 
