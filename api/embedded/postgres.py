@@ -19,13 +19,13 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 import psycopg
 from psycopg import sql
 
 from api.embedded.process import (
     LOOPBACK,
+    EmbeddedServer,
     EmbeddedServiceError,
     free_loopback_port,
     log_tail,
@@ -42,7 +42,7 @@ _PORT_ATTEMPTS = 3
 
 
 @dataclass
-class EmbeddedPostgres:
+class EmbeddedPostgres(EmbeddedServer):
     """A running PostgreSQL server started by `start_embedded_postgres`."""
 
     pgdata: Path
@@ -61,26 +61,12 @@ class EmbeddedPostgres:
         """SQLAlchemy URL of the `postgres` maintenance database."""
         return f"postgresql+psycopg://postgres@{LOOPBACK}:{self.port}/postgres"
 
-    def is_running(self) -> bool:
-        return self.process.poll() is None
-
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop the server with a fast shutdown: roll back open transactions, then exit."""
         if not self.is_running():
             return
         logger.info("stopping embedded PostgreSQL on port %d (pid %d)", self.port, self.process.pid)
         terminate(self.process, signal.SIGINT, timeout_s=timeout_s)
-
-    def __enter__(self) -> EmbeddedPostgres:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def postgres_bin_dir() -> Path:

@@ -12,6 +12,8 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +23,30 @@ _PR_SET_PDEATHSIG = 1
 
 class EmbeddedServiceError(RuntimeError):
     """An embedded service failed to start or stop."""
+
+
+class EmbeddedServer:
+    """Base of the server handles: a process on a loopback port, stopped on leaving a `with`."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+
+    def is_running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 def free_loopback_port() -> int:

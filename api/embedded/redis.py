@@ -9,7 +9,6 @@ import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 import redis
 from redis.backoff import NoBackoff
@@ -17,6 +16,7 @@ from redis.retry import Retry
 
 from api.embedded.process import (
     LOOPBACK,
+    EmbeddedServer,
     EmbeddedServiceError,
     free_loopback_port,
     port_is_open,
@@ -31,7 +31,7 @@ _PORT_ATTEMPTS = 3
 
 
 @dataclass
-class EmbeddedRedis:
+class EmbeddedRedis(EmbeddedServer):
     """A running Redis server started by `start_embedded_redis`."""
 
     data_dir: Path
@@ -43,9 +43,6 @@ class EmbeddedRedis:
     def url(self) -> str:
         """Redis URL in the form `SDFT_REDIS_URL` expects."""
         return f"redis://{LOOPBACK}:{self.port}/0"
-
-    def is_running(self) -> bool:
-        return self.process.poll() is None
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """Send SHUTDOWN (which also closes client connections), then wait for the process."""
@@ -61,17 +58,6 @@ class EmbeddedRedis:
         except redis.RedisError as err:
             logger.warning("SHUTDOWN failed on Redis port %d: %s; sending SIGTERM", self.port, err)
         terminate(self.process, signal.SIGTERM, timeout_s=timeout_s)
-
-    def __enter__(self) -> EmbeddedRedis:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _client(port: int, *, timeout_s: float) -> redis.Redis:

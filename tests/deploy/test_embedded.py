@@ -1,5 +1,5 @@
-"""The embedded PostgreSQL and Redis launchers start real servers on loopback, serve queries, keep data
-across restarts where asked, and leave no process behind."""
+"""The embedded PostgreSQL and Redis launchers start real servers on loopback, serve queries,
+keep data across restarts where asked, and leave no process behind."""
 
 from __future__ import annotations
 
