@@ -1,0 +1,1 @@
+"""HTTP service for SDFT: settings, database, object storage, routes and service commands."""

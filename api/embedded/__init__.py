@@ -1,0 +1,1 @@
+"""Servers the service can start for itself (tests, single-machine setups)."""
