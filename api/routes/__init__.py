@@ -1,0 +1,1 @@
+"""HTTP routes. Each handler parses the request, calls a service and shapes the response."""
