@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     heartbeat_stale_after_s: float = Field(120.0, gt=0)
     reaper_interval_s: float = Field(60.0, gt=0)
     metrics_batch_size: int = Field(10, gt=0)
+    # Attempts a job gets before the reaper fails it instead of requeueing it after a lost worker.
+    job_max_attempts: int = Field(3, gt=0)
 
     @field_validator("s3_presign_endpoint_url")
     @classmethod

@@ -1,0 +1,1 @@
+"""Model building, loading, LoRA adapters and merged export for SDFT runs."""
