@@ -26,8 +26,8 @@ logger = logging.getLogger(__name__)
 STUDENT_ADAPTER = "default"
 EMA_ADAPTER = "ema"
 
-# Layer types peft's LoRA can wrap; a target name that matches only other modules (a norm,
-# a container) adapts nothing.
+# Layer types of language trunks that peft's LoRA wraps. A target name that matches only
+# other modules (a norm, a container) adapts nothing.
 _LORA_LAYER_TYPES = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d)
 
 

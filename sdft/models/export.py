@@ -19,7 +19,7 @@ from sdft.models.adapters import EMA_ADAPTER, STUDENT_ADAPTER
 
 logger = logging.getLogger(__name__)
 
-# Shards stay below 5 GB, the size the Hugging Face hub and most mirrors accept per file.
+# A 9B model in bf16 (about 18 GB) is written as four shards of at most 5 GB.
 MAX_SHARD_SIZE = "5GB"
 
 # Files of the base folder that the merged model needs and that neither save_pretrained
@@ -63,7 +63,7 @@ _CARD_OPTIONS = (
 
 @dataclass(frozen=True)
 class MergedReport:
-    """What a merged output folder contains, as read back from its files."""
+    """Contents of a merged output folder, as read back from its files."""
 
     out_dir: Path
     tensor_count: int
@@ -115,7 +115,7 @@ def save_merged(
     to bf16, so the caller must not train or score with it afterwards. Doing it in place
     avoids holding a second copy of the weights, which would not fit beside a 9B model.
 
-    The output holds sharded safetensors, config with `dtype` bfloat16, tokenizer, chat
+    The output contains sharded safetensors, config with `dtype` bfloat16, tokenizer, chat
     template, generation config, the preprocessor files of a vision-language base and a
     README.md model card built from `run_info` (keys: `config`, `dataset_records`, `steps`,
     and optionally `dataset_bytes`, `dataset_tokens`, `job_id`). A vision-language base

@@ -102,8 +102,8 @@ def load_model_and_tokenizer(
     """Load the model and tokenizer saved in the local folder `model_dir`.
 
     Never contacts a model hub and never runs code shipped with the checkpoint. A
-    vision-language checkpoint loads with the class named in its config so the vision tower
-    survives a later merged export; training uses its text path only. The pad token falls
+    vision-language checkpoint loads with the class named in its config, so the vision tower
+    survives a later merged export. Training uses its text path only. The pad token falls
     back to `<|endoftext|>` or the EOS token when the tokenizer has none.
     """
     folder = Path(model_dir)
