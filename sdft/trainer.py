@@ -78,7 +78,10 @@ class TrainingError(RuntimeError):
 
 
 class TrainCallbacks:
-    """Hooks through which a caller follows and stops a run. Subclass and override.
+    """Hooks through which a caller follows and stops a run.
+
+    Subclass and override what you need; the defaults do nothing. Any object with these
+    three methods works too.
 
     Event kinds and their data:
     - "teacher_check": `TeacherCheckReport.to_dict()`, once before the first step.
