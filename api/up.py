@@ -123,6 +123,9 @@ def up(
 ) -> None:
     """Run PostgreSQL, Redis, S3, the API and a worker on this machine until Ctrl-C."""
     data_dir = data_dir.expanduser().resolve()
+    # Per-request and per-migration INFO lines would bury the progress this command prints.
+    for noisy in ("httpx", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     stack = Stack(data_dir=data_dir)
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:

@@ -1,8 +1,8 @@
 """The demo job of `sdft up --demo`, driven through the public HTTP API like any client.
 
-It imports SmolLM2-135M-Instruct into the models folder, uploads the example traces, submits
-a short SDFT job sized for a CPU, prints each step's loss and KL as the worker reports it, and
-lists the merged model's files with their download links.
+It imports SmolLM2-135M-Instruct into the models folder, uploads the example traces and
+submits a short SDFT job sized for a CPU. It prints each step's loss and KL as the worker
+reports them, then lists the merged model's files with their download links.
 """
 
 from __future__ import annotations
