@@ -4,9 +4,7 @@ keep data across restarts where asked, and leave no process behind."""
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -16,16 +14,6 @@ import redis
 from api.embedded.postgres import _pgdata_path, start_embedded_postgres
 from api.embedded.process import EmbeddedServiceError, free_loopback_port, port_is_open
 from api.embedded.redis import start_embedded_redis
-
-
-@pytest.fixture
-def service_dir() -> Iterator[Path]:
-    # pytest's tmp_path is mode 0700 under /tmp/pytest-of-root, which the unprivileged
-    # PostgreSQL user cannot enter when tests run as root. This folder is world-traversable.
-    path = Path(tempfile.mkdtemp(prefix="sdft-embedded-test-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _connect(port: int) -> psycopg.Connection:

@@ -36,8 +36,9 @@ def _run_test_script(*pytest_args: str, allow_no_tests: bool) -> subprocess.Comp
         "SDFT_VENV": str(Path(sys.executable).parent.parent),
         "SDFT_ALLOW_NO_TESTS": "1" if allow_no_tests else "0",
     }
+    # --noconftest skips the suite's fixtures, which import torch and take seconds to load.
     return subprocess.run(
-        ["bash", "scripts/test.sh", *pytest_args],
+        ["bash", "scripts/test.sh", "--noconftest", *pytest_args],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

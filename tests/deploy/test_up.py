@@ -4,8 +4,6 @@ empty data folder, serve an authenticated request, and all stop again."""
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,17 +42,8 @@ def bare_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     get_settings.cache_clear()
 
 
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    # World-traversable: an embedded PostgreSQL started by root runs as `nobody`.
-    path = Path(tempfile.mkdtemp(prefix="sdft-up-test-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def test_up_serves_and_stops(bare_environment: None, data_dir: Path) -> None:
-    with running_stack(data_dir, port=free_loopback_port()) as stack:
+def test_up_serves_and_stops(bare_environment: None, service_dir: Path) -> None:
+    with running_stack(service_dir, port=free_loopback_port()) as stack:
         key = create_api_key("deploy-test")
         ready = httpx.get(f"{stack.api_url}/readyz", timeout=10)
         jobs = httpx.get(
@@ -76,8 +65,8 @@ def test_up_serves_and_stops(bare_environment: None, data_dir: Path) -> None:
         assert process.returncode is not None, f"the {name} still runs"
     for port in ports:
         assert not port_is_open(port), f"port {port} still open after the stack stopped"
-    assert (data_dir / "ports.json").is_file()
-    assert (data_dir / "logs" / "api.log").is_file()
+    assert (service_dir / "ports.json").is_file()
+    assert (service_dir / "logs" / "api.log").is_file()
 
 
 def _embedded_urls(stack: Stack) -> list[str]:
