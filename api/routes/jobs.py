@@ -41,7 +41,7 @@ _REQUEST_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/JobCreate"}},
+            "application/json": {"schema": JobCreate.model_json_schema()},
             "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
         },
     }

@@ -66,7 +66,7 @@ def list_keys(session: Session) -> list[tuple[ApiKey, Tenant]]:
     rows = session.execute(
         select(ApiKey, Tenant).join(Tenant, Tenant.id == ApiKey.tenant_id).order_by(ApiKey.id)
     )
-    return [(key, tenant) for key, tenant in rows.tuples()]
+    return [(key, tenant) for key, tenant in rows]
 
 
 def revoke_key(session: Session, prefix_or_id: str) -> ApiKey:
