@@ -290,7 +290,8 @@ def migrate_and_prepare_bucket() -> None:
 
 
 def start_api(stack: Stack, *, host: str, port: int) -> None:
-    """Start uvicorn with the API app and wait until /readyz returns 200."""
+    """Start `sdft api` (uvicorn with secrets redacted from logs) and wait until /readyz
+    returns 200."""
     if port_is_open(port, host if host != "0.0.0.0" else LOOPBACK):
         chosen = free_loopback_port()
         typer.echo(f"Port {port} is taken; the API uses port {chosen} instead.")
@@ -299,8 +300,8 @@ def start_api(stack: Stack, *, host: str, port: int) -> None:
     stack.api_url = f"http://{client_host}:{port}"
     log_path = stack.data_dir / "logs" / "api.log"
     argv = [
-        sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
-        "--host", host, "--port", str(port), "--no-access-log",
+        sys.executable, "-m", "sdft", "api", "--host", host, "--port", str(port),
+        "--log-level", "warning",
     ]
     process = _start_child(stack, "API", argv, log_path)
 
@@ -317,7 +318,7 @@ def start_api(stack: Stack, *, host: str, port: int) -> None:
 def start_worker(stack: Stack) -> None:
     """Start one Celery worker on the train queue, with the reaper thread."""
     log_path = stack.data_dir / "logs" / "worker.log"
-    argv = [sys.executable, "-m", "worker.cli", "--queues", "train", "--beat"]
+    argv = [sys.executable, "-m", "sdft", "worker", "--queues", "train", "--beat"]
     _start_child(stack, "worker", argv, log_path)
 
 
