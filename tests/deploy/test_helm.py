@@ -196,3 +196,16 @@ def test_config_map_carries_extra_env() -> None:
 
     assert config["data"]["SDFT_JOB_TIME_LIMIT_S"] == "172800"
     assert config["data"]["SDFT_S3_ENDPOINT_URL"] == "http://seaweedfs-s3.storage.svc:8333"
+
+
+@pytest.mark.parametrize(
+    ("values", "mentioned"),
+    [
+        ({"worker": {"gpu": 1}}, "gpu"),
+        ({"api": {"port": "eighty"}}, "port"),
+        ({"config": {"extraEnv": {"JOB_TIME_LIMIT": "1"}}}, "JOB_TIME_LIMIT"),
+    ],
+)
+def test_schema_rejects_invalid_values(values: dict[str, Any], mentioned: str) -> None:
+    with pytest.raises(helm.HelmError, match=mentioned):
+        _render(values)
