@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import Scope
 
 from api.errors import DomainError
-from api.limits import BodySizeLimit
+from api.limits import BodySizeLimit, ConcurrencyLimit
 from api.routes import datasets, health, job_outputs, jobs
 from api.settings import Settings, get_settings
 from api.storage import Storage
@@ -21,6 +21,8 @@ from api.storage import Storage
 logger = logging.getLogger(__name__)
 
 UPLOAD_ROUTES = {("POST", "/datasets"), ("POST", "/jobs")}
+# Probes must respond while the API is saturated, so they skip the request slots.
+PROBE_PATHS = {"/healthz", "/readyz"}
 # Multipart framing and text fields around the file.
 UPLOAD_OVERHEAD_BYTES = 1024 * 1024
 
@@ -75,9 +77,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(body, status_code=422)
 
     def body_limit(scope: Scope) -> tuple[int, str]:
-        if (scope.get("method"), scope.get("path", "").rstrip("/")) in UPLOAD_ROUTES:
+        if _is_upload(scope):
             return settings.max_upload_bytes + UPLOAD_OVERHEAD_BYTES, "SDFT_MAX_UPLOAD_BYTES"
         return settings.max_request_bytes, "SDFT_MAX_REQUEST_BYTES"
 
+    def is_exempt(scope: Scope) -> bool:
+        path = scope.get("path", "")
+        return _is_upload(scope) or path.endswith("/metrics/stream") or path in PROBE_PATHS
+
     app.add_middleware(BodySizeLimit, limit_for=body_limit)
+    # Added last, so it is the outermost middleware: a request that waits for a slot has not
+    # read its body yet.
+    app.add_middleware(
+        ConcurrencyLimit,
+        max_concurrent=settings.db_pool_size + settings.db_max_overflow,
+        timeout_s=settings.request_queue_timeout_s,
+        exempt=is_exempt,
+    )
     return app
+
+
+def _is_upload(scope: Scope) -> bool:
+    """Tell multipart uploads to the upload routes from other requests.
+
+    A JSON body of POST /jobs gets the small request limit, since it is read into memory.
+    """
+    route = (scope.get("method"), scope.get("path", "").rstrip("/"))
+    if route not in UPLOAD_ROUTES:
+        return False
+    headers = dict(scope.get("headers", []))
+    return headers.get(b"content-type", b"").startswith(b"multipart/form-data")

@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(600, gt=0)
     job_time_limit_s: int = Field(48 * 3600, gt=0)
 
+    # Database connections per process. The API admits at most pool size + overflow requests
+    # that use the database at once (see api.limits.ConcurrencyLimit).
+    db_pool_size: int = Field(10, gt=0)
+    db_max_overflow: int = Field(20, ge=0)
+    # Seconds a request may wait for one of those slots before it gets 503.
+    request_queue_timeout_s: float = Field(30.0, gt=0)
+
     # Worker liveness.
     heartbeat_interval_s: float = Field(15.0, gt=0)
     heartbeat_stale_after_s: float = Field(120.0, gt=0)

@@ -96,7 +96,10 @@ def upload(base_url: str, key: str, size: int) -> tuple[float, dict, int]:
     )
     elapsed = time.perf_counter() - started
     if response.status_code != 201:
-        raise RuntimeError(f"upload failed with {response.status_code}: {response.text[:500]}")
+        raise RuntimeError(
+            f"upload failed with HTTP {response.status_code}: {response.text[:500]}; "
+            "check the API log above"
+        )
     return elapsed, response.json(), stream.records
 
 

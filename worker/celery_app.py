@@ -48,7 +48,7 @@ def _celery_config() -> dict[str, Any]:
         "task_ignore_result": True,
         # A message is acknowledged only after the task returns, and requeued if the worker
         # process dies. This is safe because a redelivered job resumes from its last stored
-        # checkpoint, and a duplicate of a job that a live worker holds fails the claim.
+        # checkpoint, and a duplicate of a job that a live worker owns fails the claim.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
@@ -77,10 +77,13 @@ celery_app.add_defaults(_celery_config)
 
 
 @signals.after_setup_logger.connect
-def _install_job_log_fields(**_: Any) -> None:
-    joblog.install()
+@signals.after_setup_task_logger.connect
+def _install_job_log_fields(logger: logging.Logger, **_: Any) -> None:
+    joblog.install(logger)
 
 
-def enqueue_train_job(job_id: str) -> None:
-    """Send the training task of `job_id`; call it only after the job row is committed."""
-    celery_app.send_task(TRAIN_TASK, kwargs={"job_id": job_id}, queue=TRAIN_QUEUE)
+def enqueue_train_job(job_id: str) -> str:
+    """Send the training task of `job_id` and return its task id; call it only after the job
+    row is committed."""
+    result = celery_app.send_task(TRAIN_TASK, kwargs={"job_id": job_id}, queue=TRAIN_QUEUE)
+    return str(result.id)

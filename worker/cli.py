@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 logger = logging.getLogger(__name__)
 
-# Training runs in the worker's main process or its threads, never in forked children: a child
-# forked after CUDA was initialised in the parent cannot use the GPU, and a training job holds
+# Training runs in the worker's main process or its threads, never in forked children, because a
+# child forked after CUDA was initialised in the parent cannot use the GPU. A training job uses
 # one GPU for its whole run anyway.
 SUPPORTED_POOLS = ("solo", "threads")
 
@@ -45,7 +45,6 @@ def run_worker(
     reaper = None
     if beat:
         from api.settings import get_settings
-
         from worker.reaper import ReaperThread
 
         reaper = ReaperThread(float(get_settings().reaper_interval_s)).start()

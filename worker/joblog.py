@@ -1,7 +1,8 @@
 """Job context on log lines: every record logged while a job runs carries its `job_id` and `step`.
 
 The context is a mutable object in a context variable. Threads that a job starts (the heartbeat)
-copy the context, so they share the object and log the current step too.
+copy the context, so they share the object and log the current step too. A handler filter
+adds the fields, and keeps a `job_id` that a caller passed in `extra` (as the API's helpers do).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ class JobLogContext:
 _current: contextvars.ContextVar[JobLogContext | None] = contextvars.ContextVar(
     "sdft_job_log_context", default=None
 )
-_installed = False
 
 
 def current() -> JobLogContext | None:
@@ -52,23 +52,21 @@ def set_step(step: int) -> None:
         context.step = step
 
 
-def install() -> None:
-    """Wrap the log record factory so that every record has `job_id` and `step` attributes
-    ("-" outside a job), which LOG_FORMAT needs. Safe to call more than once."""
-    global _installed
-    if _installed:
-        return
-    previous = logging.getLogRecordFactory()
+class JobContextFilter(logging.Filter):
+    """Set `job_id` and `step` on each record ("-" outside a job) so LOG_FORMAT can use them."""
 
-    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
-        record = previous(*args, **kwargs)
+    def filter(self, record: logging.LogRecord) -> bool:
         context = _current.get()
-        record.job_id = context.job_id if context else "-"
-        record.step = context.step if context and context.step is not None else "-"
-        return record
+        if not hasattr(record, "job_id"):
+            record.job_id = context.job_id if context else "-"
+        if not hasattr(record, "step"):
+            record.step = context.step if context and context.step is not None else "-"
+        return True
 
-    logging.setLogRecordFactory(factory)
-    _installed = True
 
-
-install()
+def install(logger: logging.Logger | None = None) -> None:
+    """Add the filter to every handler of `logger` (the root logger by default)."""
+    target = logger or logging.getLogger()
+    for handler in target.handlers:
+        if not any(isinstance(f, JobContextFilter) for f in handler.filters):
+            handler.addFilter(JobContextFilter())

@@ -50,7 +50,7 @@ class ClaimedJob:
 
 @dataclass(frozen=True)
 class JobProgress:
-    """What the per-step update returns: the row's status and whether the time limit passed."""
+    """Result of the per-step update: the row's status and whether the time limit passed."""
 
     status: str
     cancel_requested: bool

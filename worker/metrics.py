@@ -1,9 +1,9 @@
 """Batched metric rows: PostgreSQL is the record, Redis pub/sub only wakes up live streams.
 
 Rows are written in batches of `batch_size`, or sooner when the oldest buffered row is older than
-`max_delay_s`, so a slow job still streams each step promptly. After each commit every stored row is
-published to the job's channel; a failed publish is logged and dropped, because the stream reads
-the rows back from the database.
+`max_delay_s`, so a slow job still streams each step promptly. After each commit every stored row
+is published to the job's channel. A failed publish is logged and dropped, because the stream
+reads the rows back from the database.
 """
 
 from __future__ import annotations

@@ -30,7 +30,9 @@ def local_model_dir(name: str, settings: Settings, storage: Storage) -> Path:
     if ref.kind == "local":
         return ref.local_path
 
-    assert ref.bucket is not None and ref.prefix is not None and ref.cache_path is not None
+    assert ref.bucket is not None
+    assert ref.prefix is not None
+    assert ref.cache_path is not None
     source = Storage(storage.client, ref.bucket)
     prefix = ref.prefix
 

@@ -1,14 +1,16 @@
 """The reaper: no job stays active without a live worker, or past its time limit.
 
-One pass, under row locks that skip rows another reaper holds:
+One pass, under row locks that skip rows another reaper has locked:
 - an active job whose heartbeat is older than the stale-after setting lost its worker. It is
   requeued when attempts remain (the next attempt resumes from its last stored checkpoint),
   failed when none remain or its time limit has passed, and cancelled when a cancel was pending;
 - an active job past `started_at + time_limit_s + grace` is failed even with a fresh heartbeat,
-  for a worker stuck inside a step; the fenced worker stops at its next progress update;
-- a queued job untouched for longer than the orphan delay is enqueued again, in case its message
-  was lost (a broker outage at enqueue time). A duplicate message is harmless because the claim
-  drops it.
+  because its worker may be stuck inside a step. That worker is fenced out and stops at its next
+  progress update;
+- a queued job is enqueued again when no message was sent for it (`celery_task_id` is null
+  because the reaper's own send failed) for longer than the stale-after time, or when it has
+  waited longer than the orphan delay, in case the broker lost its message (a Redis restart
+  without persistence). A duplicate message is harmless because the claim drops it.
 Messages are sent only after the database commit.
 """
 
@@ -72,7 +74,12 @@ _ORPHANS_SQL = text(
     UPDATE jobs SET updated_at = now()
     WHERE id IN (
         SELECT id FROM jobs
-        WHERE status = 'queued' AND updated_at < now() - make_interval(secs => :orphan_after_s)
+        WHERE status = 'queued'
+          AND (
+            (celery_task_id IS NULL
+             AND updated_at < now() - make_interval(secs => :unsent_after_s))
+            OR updated_at < now() - make_interval(secs => :orphan_after_s)
+          )
         ORDER BY updated_at
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
@@ -82,16 +89,21 @@ _ORPHANS_SQL = text(
 )
 
 
+_RECORD_TASK_SQL = text(
+    "UPDATE jobs SET celery_task_id = :task_id WHERE id = :job_id AND status = 'queued'"
+)
+
+
 def reap(
     session_factory: SessionFactory,
-    enqueue: Callable[[str], None],
+    enqueue: Callable[[str], str],
     *,
     stale_after_s: float,
     max_attempts: int,
     orphan_after_s: float,
     limit: int = 100,
 ) -> ReapReport:
-    """Run one reaper pass; `enqueue(job_id)` sends a training task for a requeued job."""
+    """Run one reaper pass; `enqueue(job_id)` sends a training task and returns its task id."""
     from api.db.models import Job
     from api.services.jobs import add_event, transition
 
@@ -124,6 +136,8 @@ def reap(
             else:
                 resume = row["last_checkpoint_step"]
                 transition(session, job, "queued", event_data={"reason": lost})
+                # Null until the new message is sent, so a failed send is found and retried.
+                job.celery_task_id = None
                 job.updated_at = session.execute(text("SELECT now()")).scalar_one()
                 add_event(
                     session,
@@ -151,7 +165,14 @@ def reap(
             report.failed.append(job.id)
 
         orphans = (
-            session.execute(_ORPHANS_SQL, {"orphan_after_s": float(orphan_after_s), "limit": limit})
+            session.execute(
+                _ORPHANS_SQL,
+                {
+                    "unsent_after_s": float(stale_after_s),
+                    "orphan_after_s": float(orphan_after_s),
+                    "limit": limit,
+                },
+            )
             .scalars()
             .all()
         )
@@ -159,7 +180,7 @@ def reap(
 
     for job_id in dict.fromkeys([*report.requeued, *report.resent]):
         try:
-            enqueue(job_id)
+            task_id = enqueue(job_id)
         except Exception as error:  # noqa: BLE001 - the orphan pass sends it again later
             logger.warning(
                 "could not enqueue job %s (%s: %s); a later pass sends it again",
@@ -167,6 +188,12 @@ def reap(
                 type(error).__name__,
                 error,
             )
+            continue
+        try:
+            with session_factory() as session, session.begin():
+                session.execute(_RECORD_TASK_SQL, {"job_id": job_id, "task_id": task_id})
+        except Exception as error:  # noqa: BLE001 - the message is sent; the id is informative
+            logger.warning("could not record task %s of job %s: %s", task_id, job_id, error)
     if report:
         logger.info(
             "reaper: requeued %s, failed %s, cancelled %s, re-sent %s",

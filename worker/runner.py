@@ -67,8 +67,11 @@ def checkpoints_root(job_id: str) -> str:
 
 
 class JobRunner:
-    """Claim and run the job `job_id` on this worker. `run()` never raises for job errors: they
-    end up in the job row; it returns the outcome for the task's log."""
+    """Claim and run the job `job_id` on this worker.
+
+    A job error ends the job in `failed` instead of raising. `run()` raises only when the claim
+    cannot reach the database after retries. It returns the outcome for the task's log.
+    """
 
     def __init__(
         self,
@@ -207,10 +210,19 @@ class JobRunner:
     ) -> dict[str, Any]:
         from sdft.trainer import SDFTRun, TrainCallbacks
 
-        callbacks = TrainCallbacks(
-            on_metrics=self._on_metrics, on_event=self._on_event, should_stop=self._should_stop
-        )
-        run = SDFTRun(config, model_dir, records, output_dir, callbacks)
+        runner = self
+
+        class Callbacks(TrainCallbacks):
+            def on_metrics(self, step: int, metrics: dict[str, Any]) -> None:
+                runner._on_metrics(step, metrics)
+
+            def on_event(self, kind: str, data: dict[str, Any]) -> None:
+                runner._on_event(kind, data)
+
+            def should_stop(self) -> bool:
+                return runner._should_stop()
+
+        run = SDFTRun(config, model_dir, records, output_dir, Callbacks())
         result = run.train(resume_from=resume_from)
         return {"run": run, "stopped": bool(result.stopped), "result": result}
 
@@ -280,8 +292,9 @@ class JobRunner:
     def _latest_stored_checkpoint(self, job: ClaimedJob) -> tuple[int, str] | None:
         """Return (step, prefix) of the newest checkpoint in S3 whose upload completed.
 
-        The job row names the last recorded one; the listing finds it (or an older complete one,
-        should the recorded one be gone) because each checkpoint's marker is written last.
+        Each checkpoint's marker is written last, so a folder with a marker is complete. The
+        listing finds the checkpoint the job row names, or an older complete one when that one
+        is gone.
         """
         steps = self._stored_checkpoint_steps()
         complete = [step for step, is_complete in steps.items() if is_complete]

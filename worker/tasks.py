@@ -64,7 +64,7 @@ def train_job(self: Task, job_id: str) -> str:
 
 @celery_app.task(name=REAP_TASK, ignore_result=True)
 def reap_jobs() -> dict[str, list[str]]:
-    """One reaper pass, for deployments that schedule it with `celery beat`."""
+    """Run one reaper pass, for deployments that schedule it with `celery beat`."""
     from worker.reaper import reap_with_settings
 
     report = reap_with_settings()

@@ -21,8 +21,14 @@ def get_engine() -> Engine:
     with _engines_lock:
         engine = _engines.get(url)
         if engine is None:
+            settings = get_settings()
             # pool_pre_ping replaces connections that PostgreSQL closed while idle.
-            engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+            engine = create_engine(
+                url,
+                pool_pre_ping=True,
+                pool_size=settings.db_pool_size,
+                max_overflow=settings.db_max_overflow,
+            )
             _engines[url] = engine
         return engine
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from api.db.session import get_sessionmaker
 from api.deps import Principal
-from api.schemas import ErrorResponse
+from api.schemas import ErrorResponse, Page
 from api.services.idempotency import check_key
 from api.services.submissions import Context
 from api.settings import Settings
 from api.storage import Storage
+
+RowT = TypeVar("RowT")
+OutT = TypeVar("OutT")
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -26,6 +30,20 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {
         code: {"model": ErrorResponse, "description": descriptions[code]} for code in (401, *codes)
     }
+
+
+def page_of(
+    items: Sequence[RowT],
+    has_more: bool,
+    to_out: Callable[[RowT], OutT],
+    cursor: Callable[[RowT], object],
+) -> Page[OutT]:
+    """Shape one page of rows; next_cursor is set only when more rows follow."""
+    return Page(
+        data=[to_out(item) for item in items],
+        has_more=has_more,
+        next_cursor=str(cursor(items[-1])) if has_more and items else None,
+    )
 
 
 def submission_context(

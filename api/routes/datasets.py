@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from api.deps import OwnedDataset, PrincipalDep, SessionDep, SettingsDep, StorageDep
-from api.routes.common import error_responses, submission_context
+from api.routes.common import error_responses, page_of, submission_context
 from api.schemas import DatasetOut, Page
 from api.services import submissions
 from api.services.datasets import UploadRequest, check_format, list_datasets, sanitize_filename
@@ -22,14 +22,19 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
     status_code=201,
     response_model=DatasetOut,
     responses=error_responses(409, 413, 422, 429),
-    summary="Upload a dataset (JSONL, optionally gzip-compressed)",
+    summary="Upload a dataset of traces or records, optionally gzip-compressed",
 )
 async def create_dataset(
     principal: PrincipalDep,
     settings: SettingsDep,
     storage: StorageDep,
-    file: Annotated[UploadFile, File(description="JSONL records, one object per line; .gz ok")],
-    format: Annotated[str, Form(description="Input format: auto or jsonl")] = "auto",
+    file: Annotated[
+        UploadFile,
+        File(description="Traces or records (JSONL, JSON array or one JSON object); gzip ok"),
+    ],
+    format: Annotated[
+        str, Form(description="Input format, or auto to detect it from the content")
+    ] = "auto",
     strict: Annotated[bool, Form(description="Reject the upload on any invalid line")] = True,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JSONResponse:
@@ -55,11 +60,7 @@ def get_datasets(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> Page[DatasetOut]:
     rows, has_more = list_datasets(session, principal.tenant_id, after=after, limit=limit)
-    return Page(
-        data=[DatasetOut.of(d) for d in rows],
-        has_more=has_more,
-        next_cursor=rows[-1].id if has_more and rows else None,
-    )
+    return page_of(rows, has_more, DatasetOut.of, lambda d: d.id)
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut, responses=error_responses(404))

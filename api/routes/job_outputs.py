@@ -1,4 +1,4 @@
-"""What a job produces: metrics (paged and live), events, and the merged model's files."""
+"""Job output routes: metrics (paged and live), events, and the merged model's files."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from api.db.session import session_scope
 from api.deps import OwnedJob, SessionDep, SettingsDep, StorageDep
 from api.errors import NotFound, ValidationFailed
 from api.logging_utils import job_logger
-from api.routes.common import error_responses
+from api.routes.common import error_responses, page_of
 from api.schemas import ArtifactOut, EventOut, MetricRow, Page
 from api.services.job_requests import (
     artifact_key,
@@ -35,8 +35,8 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs/{job_id}", tags=["job outputs"])
 
 STREAM_BATCH = 500
-# Seconds between database re-reads when no Redis message arrives; bounds the delay if a
-# publish is lost, and how soon the stream notices that the job has finished.
+# Seconds between database re-reads when no Redis message arrives. This bounds the delay when
+# a publish is lost, and how late the stream notices that the job has finished.
 STREAM_POLL_S = 2.0
 
 
@@ -48,11 +48,7 @@ def get_metrics(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Page[MetricRow]:
     rows, has_more = list_metrics(session, job.id, after_step=after_step, limit=limit)
-    return Page(
-        data=[MetricRow.of(r) for r in rows],
-        has_more=has_more,
-        next_cursor=str(rows[-1].step) if has_more and rows else None,
-    )
+    return page_of(rows, has_more, MetricRow.of, lambda r: r.step)
 
 
 @router.get(
@@ -65,6 +61,7 @@ def get_metrics(
 async def stream_metrics(
     request: Request,
     job: OwnedJob,
+    session: SessionDep,
     settings: SettingsDep,
     after_step: Annotated[int | None, Query(ge=-1)] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
@@ -72,6 +69,9 @@ async def stream_metrics(
     """Send metric rows as `metric` events (`id` = step) and end with an `end` event once the
     job is finished and every row is sent. Reconnect with Last-Event-ID to resume."""
     start = _resume_step(last_event_id, after_step)
+    # Return the ownership check's connection now: the request session is closed only after the
+    # stream ends, and each read below takes a connection of its own for a moment.
+    session.close()
     rows = _follow_metrics(request, job.id, start, settings.redis_url_value)
     return EventSourceResponse(rows, ping=15, headers={"Cache-Control": "no-store"})
 
@@ -159,11 +159,7 @@ def get_events(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> Page[EventOut]:
     rows, has_more = list_events(session, job.id, after=after, limit=limit)
-    return Page(
-        data=[EventOut.of(e) for e in rows],
-        has_more=has_more,
-        next_cursor=str(rows[-1].id) if has_more and rows else None,
-    )
+    return page_of(rows, has_more, EventOut.of, lambda e: e.id)
 
 
 @router.get("/artifacts", response_model=Page[ArtifactOut], responses=error_responses(404))

@@ -13,7 +13,7 @@ from starlette.datastructures import UploadFile
 
 from api.deps import OwnedJob, PrincipalDep, RedisDep, SessionDep, SettingsDep, StorageDep
 from api.errors import ValidationFailed
-from api.routes.common import error_responses, submission_context
+from api.routes.common import error_responses, page_of, submission_context
 from api.schemas import JobCreate, JobOut, JobStatus, Page
 from api.services import submissions
 from api.services.datasets import UploadRequest, check_format, sanitize_filename
@@ -128,11 +128,7 @@ def get_jobs(
     rows, has_more = list_jobs(
         session, principal.tenant_id, after=after, limit=limit, status=status
     )
-    return Page(
-        data=[JobOut.of(j) for j in rows],
-        has_more=has_more,
-        next_cursor=rows[-1].id if has_more and rows else None,
-    )
+    return page_of(rows, has_more, JobOut.of, lambda j: j.id)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=error_responses(404))

@@ -1,4 +1,4 @@
-"""Dataset uploads: validate every line while streaming converted records to S3.
+"""Dataset uploads: convert every line with `sdft.ingest` while streaming records to S3.
 
 Memory stays bounded: the upload is read in 1 MiB chunks and S3 receives 8 MiB parts, so a
 multi-GB file never sits in memory. Nothing is kept when the upload is rejected: the S3
@@ -12,7 +12,7 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Iterator
+import zlib
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -22,48 +22,44 @@ from sqlalchemy.orm import Session
 from api.db.models import Dataset, new_id
 from api.errors import NotFound, PayloadTooLarge, ValidationFailed
 from api.storage import Storage, dataset_records_key, dataset_report_key
-from sdft.data.records import parse_record
+from sdft.ingest import FORMATS, Conversion, IngestError, IngestErrors, resolve_format
+from sdft.ingest.errors import MAX_REPORTED_ERRORS
 
 logger = logging.getLogger(__name__)
 
-MAX_REPORTED_ERRORS = 50
-# A line longer than this is rejected without being held in memory whole.
-MAX_LINE_BYTES = 32 * 1024 * 1024
 READ_CHUNK_BYTES = 1024 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
-# NOTE: trace formats (Claude Code logs, ShareGPT, agent trajectories) need the converter of
-# the `sdft.ingest` package; until it is wired in, only JSONL record formats are accepted.
-SUPPORTED_FORMATS = ("auto", "jsonl")
+SUPPORTED_FORMATS = ("auto", *FORMATS)
 
 
 @dataclass
 class LineError:
-    line: int
+    line: int | None
     reason: str
 
     def __str__(self) -> str:
-        return f"line {self.line}: {self.reason}"
+        return f"line {self.line}: {self.reason}" if self.line is not None else self.reason
 
 
 @dataclass
 class IngestOutcome:
-    """What one pass over an upload found: counts, hashes and the first bad lines."""
+    """Result of one pass over an upload: counts, hashes, the conversion report and the first
+    invalid lines (at most MAX_REPORTED_ERRORS)."""
 
     input_bytes: int = 0
     input_sha256: str = ""
     compressed: bool = False
-    input_lines: int = 0
     records: int = 0
     invalid_lines: int = 0
     errors: list[LineError] = field(default_factory=list)
+    conversion: dict[str, Any] = field(default_factory=dict)
 
-    def report(self, fmt: str, strict: bool) -> dict[str, Any]:
+    def report(self, strict: bool) -> dict[str, Any]:
         return {
-            "format": fmt,
+            **self.conversion,
             "strict": strict,
             "compressed": self.compressed,
             "input_bytes": self.input_bytes,
-            "input_lines": self.input_lines,
             "records": self.records,
             "skipped": self.invalid_lines,
             "errors": [{"line": e.line, "reason": e.reason} for e in self.errors],
@@ -73,10 +69,10 @@ class IngestOutcome:
 class _CountingReader(io.RawIOBase):
     """Read-through wrapper that hashes and counts bytes, raising once `limit` is passed."""
 
-    def __init__(self, raw: IO[bytes], limit: int, what: str):
+    def __init__(self, raw: IO[bytes], limit: int, subject: str):
         self._raw = raw
         self._limit = limit
-        self._what = what
+        self._subject = subject
         self.count = 0
         self.sha256 = hashlib.sha256()
 
@@ -90,7 +86,7 @@ class _CountingReader(io.RawIOBase):
         self.count += len(data)
         if self.count > self._limit:
             raise PayloadTooLarge(
-                f"the {self._what} is larger than the limit of {self._limit} bytes "
+                f"the {self._subject} is larger than the limit of {self._limit} bytes "
                 "(SDFT_MAX_UPLOAD_BYTES); split the dataset or ask an operator to raise the limit"
             )
         self.sha256.update(data)
@@ -98,56 +94,21 @@ class _CountingReader(io.RawIOBase):
         return len(data)
 
 
-def _iter_lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes | None]]:
-    """Yield (line number, line) pairs; the line is None when it exceeds MAX_LINE_BYTES."""
-    number = 0
-    while True:
-        line = stream.readline(MAX_LINE_BYTES + 1)
-        if not line:
-            return
-        number += 1
-        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
-            # Skip the rest of the oversized line in bounded reads.
-            while True:
-                rest = stream.readline(READ_CHUNK_BYTES)
-                if not rest or rest.endswith(b"\n"):
-                    break
-            yield number, None
-            continue
-        yield number, line
-
-
-def _convert_line(raw: bytes) -> bytes | None:
-    """Return the normalised record as one JSON line, or None for a blank line.
-
-    Raises ValueError with the reason the line is invalid.
-    """
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"invalid UTF-8 at byte {exc.start}") from exc
-    if not text.strip():
-        return None
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"invalid JSON: {exc.msg} at column {exc.colno}") from exc
-    record = parse_record(obj)
-    return json.dumps(record.to_json(), ensure_ascii=False).encode("utf-8") + b"\n"
-
-
 def stream_records(
     upload: IO[bytes],
     sink: Any,
     *,
+    fmt: str,
     strict: bool,
     max_bytes: int,
+    filename: str,
 ) -> IngestOutcome:
-    """Validate `upload` line by line and write converted records to `sink.write`.
+    """Convert `upload` with `sdft.ingest` and write each record as a JSON line to `sink.write`.
 
-    Gzip input is detected from its magic bytes. In strict mode writing stops at the first
-    invalid line, but reading goes on to report up to MAX_REPORTED_ERRORS bad lines. The byte
-    limit applies to the upload and, for gzip, to its decompressed size.
+    Gzip input is detected from its magic bytes. In strict mode the converter stops emitting
+    records at the first invalid line but reads on to list up to MAX_REPORTED_ERRORS of them.
+    The byte limit applies to the upload and, for gzip, to its decompressed size, which
+    bounds the work a small compressed file can cause.
     """
     outcome = IngestOutcome()
     counter = _CountingReader(upload, max_bytes, "upload")
@@ -160,28 +121,32 @@ def stream_records(
         )
         stream = io.BufferedReader(decompressed, buffer_size=READ_CHUNK_BYTES)
 
+    conversion = Conversion(
+        stream, format=None if fmt == "auto" else fmt, strict=strict, filename=filename
+    )
     try:
-        for number, raw in _iter_lines(stream):
-            outcome.input_lines = number
-            try:
-                if raw is None:
-                    raise ValueError(f"line longer than {MAX_LINE_BYTES} bytes")
-                converted = _convert_line(raw)
-            except ValueError as exc:
-                outcome.invalid_lines += 1
-                if len(outcome.errors) < MAX_REPORTED_ERRORS:
-                    outcome.errors.append(LineError(number, str(exc)))
-                continue
-            if converted is None:
-                continue
+        for record in conversion:
+            line = json.dumps(record.to_json(), ensure_ascii=False).encode("utf-8") + b"\n"
+            sink.write(line)
             outcome.records += 1
-            if not (strict and outcome.errors):
-                sink.write(converted)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        # A truncated or corrupt gzip stream; the line count says how far it got.
-        outcome.errors.append(LineError(outcome.input_lines + 1, f"invalid gzip stream: {exc}"))
-        outcome.invalid_lines += 1
+    except IngestErrors as exc:
+        outcome.errors = [LineError(e.line, e.reason) for e in exc.errors]
+        outcome.invalid_lines = exc.total
+    except IngestError as exc:
+        outcome.errors = [LineError(exc.line, exc.reason)]
+        outcome.invalid_lines = 1
+    except (OSError, EOFError, zlib.error) as exc:
+        # The API decompresses below the converter, so gzip errors arrive here unconverted.
+        reason = f"the gzip data is corrupted or truncated ({exc}); compress the file again"
+        outcome.errors = [LineError(None, reason)]
+        outcome.invalid_lines = 1
 
+    report = conversion.report
+    if not outcome.errors and report.errors:
+        # Lenient mode: the converter skipped these lines and kept the rest.
+        outcome.errors = [LineError(e.line, e.reason) for e in report.errors]
+        outcome.invalid_lines = report.error_count
+    outcome.conversion = report.to_dict()
     outcome.input_bytes = counter.count
     outcome.input_sha256 = counter.sha256.hexdigest()
     return outcome
@@ -204,13 +169,15 @@ def sanitize_filename(name: str | None) -> str:
 
 
 def check_format(fmt: str | None) -> str:
-    fmt = (fmt or "auto").strip().lower()
-    if fmt not in SUPPORTED_FORMATS:
+    """Return the canonical format name, or "auto" for detection from the content."""
+    try:
+        canonical = resolve_format(fmt)
+    except ValueError as exc:
         raise ValidationFailed(
             f"format {fmt!r} is not supported; use one of {', '.join(SUPPORTED_FORMATS)}",
             problems=[f"format={fmt!r}: unsupported"],
-        )
-    return fmt
+        ) from exc
+    return canonical or "auto"
 
 
 @dataclass
@@ -231,7 +198,14 @@ def store_upload(
     dataset_id = new_id("ds")
     writer = storage.open_writer(dataset_records_key(dataset_id))
     try:
-        outcome = stream_records(upload, writer, strict=request.strict, max_bytes=max_bytes)
+        outcome = stream_records(
+            upload,
+            writer,
+            fmt=request.format,
+            strict=request.strict,
+            max_bytes=max_bytes,
+            filename=request.filename,
+        )
     except BaseException:
         writer.abort()
         raise
@@ -239,29 +213,39 @@ def store_upload(
     rejected = (request.strict and outcome.errors) or outcome.records == 0
     if rejected:
         writer.abort()
-        problems = [str(e) for e in outcome.errors]
-        if outcome.errors:
-            shown = len(outcome.errors)
-            message = (
-                f"dataset {request.filename!r} has {outcome.invalid_lines} invalid line(s) "
-                f"(first {shown} listed); fix them, or upload with strict=false to skip them"
-            )
-        else:
-            message = f"dataset {request.filename!r} contains no records; upload a JSONL file"
+        message = _rejection_message(request, outcome)
         logger.info("rejected dataset upload %s: %s", request.filename, message)
-        raise ValidationFailed(message, problems=problems)
+        raise ValidationFailed(message, problems=[str(e) for e in outcome.errors])
 
     try:
         writer.close()
-        report = outcome.report(
-            request.format if request.format != "auto" else "jsonl", request.strict
-        )
+        report = outcome.report(request.strict)
         storage.put_json(dataset_report_key(dataset_id), report)
     except BaseException:
         writer.abort()
         storage.delete(dataset_report_key(dataset_id))
         raise
     return StoredUpload(dataset_id, outcome, writer.key, report)
+
+
+def _rejection_message(request: UploadRequest, outcome: IngestOutcome) -> str:
+    name = repr(request.filename)
+    if len(outcome.errors) == 1 and outcome.errors[0].line is None:
+        return f"dataset {name} is invalid: {outcome.errors[0].reason}"
+    if outcome.errors:
+        # In strict mode the converter stops reading after MAX_REPORTED_ERRORS invalid lines.
+        capped = request.strict and outcome.invalid_lines >= MAX_REPORTED_ERRORS
+        count = f"at least {outcome.invalid_lines}" if capped else str(outcome.invalid_lines)
+        return (
+            f"dataset {name} has {count} invalid line(s) (first {len(outcome.errors)} listed); "
+            "fix them, or upload with strict=false to skip them"
+        )
+    dropped = outcome.conversion.get("dropped") or {}
+    detail = f" (turns dropped by reason: {dropped})" if dropped else ""
+    return (
+        f"dataset {name} contains no usable records{detail}; upload traces with at least one "
+        f"assistant turn in a supported format ({', '.join(FORMATS)})"
+    )
 
 
 def discard_upload(storage: Storage, stored: StoredUpload) -> None:
@@ -274,7 +258,7 @@ def insert_dataset(session: Session, request: UploadRequest, stored: StoredUploa
         id=stored.dataset_id,
         tenant_id=request.tenant_id,
         filename=request.filename,
-        format=stored.report["format"],
+        format=stored.report.get("format") or request.format,
         records=stored.outcome.records,
         bytes=stored.outcome.input_bytes,
         sha256=stored.outcome.input_sha256,

@@ -1,4 +1,4 @@
-"""What the job routes do: submit, list, cancel, and read metrics, events and artifacts."""
+"""Job operations behind the routes: submit, list, cancel, read metrics, events and artifacts."""
 
 from __future__ import annotations
 
@@ -101,8 +101,8 @@ def insert_job(session: Session, submission: JobSubmission, settings: Settings) 
 def enqueue(session: Session, job: Job) -> None:
     """Send the committed job to the train queue and record the task id.
 
-    If the broker cannot take the message the job fails with a readable error, because a job
-    nobody will ever run must not stay queued.
+    If the broker cannot take the message, the job fails with a readable error, because no
+    worker would ever receive it.
     """
     log = job_logger(logger, job.id)
     try:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from api.db.models import EVENT_TYPES, TERMINAL_STATUSES, Job, JobEvent
 from api.errors import InvalidTransition, NotFound
+from api.logging_utils import job_logger
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def transition(
         message += f": {job.error}"
     add_event(session, job.id, "status_changed", message, data)
     session.flush()
-    logger.info("job %s: %s", job.id, message, extra={"job_id": job.id})
+    job_logger(logger, job.id).info("%s", message)
     return job
 
 

@@ -52,7 +52,7 @@ def enqueue_training(job_id: str) -> str:
 
 def publish_cancel(client: redis.Redis, job_id: str) -> None:
     """Tell the worker to stop. The job row is the record that counts, so a Redis failure is
-    logged and the worker still sees the cancel on its next row check."""
+    logged and the worker still reads the cancel on its next row check."""
     message = json.dumps({"action": "cancel", "job_id": job_id})
     try:
         client.set(cancel_key(job_id), "1", ex=CANCEL_KEY_TTL_S)

@@ -37,7 +37,7 @@ JOBS_ENDPOINT = "POST /jobs"
 
 @dataclass(frozen=True)
 class Context:
-    """What every submission needs: where to write and the caller's identity."""
+    """Submission context: the stores to write to and the caller's identity."""
 
     sessions: sessionmaker[Session]
     storage: Storage

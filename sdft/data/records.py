@@ -80,7 +80,9 @@ def parse_record(obj: Any) -> Record:
         )
 
     if expert["role"] != "assistant":
-        raise ValueError(f"the expert turn must be an assistant message, got role {expert['role']!r}")
+        raise ValueError(
+            f"the expert turn must be an assistant message, got role {expert['role']!r}"
+        )
     if not _has_text(expert) and not expert.get("tool_calls"):
         raise ValueError("the expert turn has neither text content nor tool calls")
     if not prompt:
@@ -111,7 +113,9 @@ def iter_records(lines: Iterable[str | bytes], *, start_line: int = 1) -> Iterat
             raise RecordError(line_no, str(exc)) from exc
 
 
-def validate_lines(lines: Iterable[str | bytes], *, max_errors: int = 50) -> tuple[int, list[RecordError]]:
+def validate_lines(
+    lines: Iterable[str | bytes], *, max_errors: int = 50
+) -> tuple[int, list[RecordError]]:
     """Check every line; return the count of valid records and up to `max_errors` errors."""
     count, errors = 0, []
     for line_no, raw in enumerate(lines, start=1):
@@ -161,7 +165,9 @@ def normalize_message(message: Any, where: str) -> Message:
         if not isinstance(calls, list):
             raise ValueError(f"{where}.tool_calls: expected a list")
         if calls:
-            out["tool_calls"] = [_normalize_tool_call(c, f"{where}.tool_calls[{i}]") for i, c in enumerate(calls)]
+            out["tool_calls"] = [
+                _normalize_tool_call(c, f"{where}.tool_calls[{i}]") for i, c in enumerate(calls)
+            ]
         reasoning = message.get("reasoning_content")
         if isinstance(reasoning, str) and reasoning:
             out["reasoning_content"] = reasoning
@@ -173,25 +179,41 @@ def normalize_message(message: Any, where: str) -> Message:
     return out
 
 
-def _normalize_content(content: Any, where: str) -> str:
+def _normalize_content(content: Any, where: str) -> str | list[dict[str, Any]]:
+    """Return the text of a message, or a list of parts when it has images.
+
+    Image parts (`{"type": "image", "image": url}`, written by `sdft dataset convert` for
+    vision models) keep the list form that vision chat templates expect, text first.
+    """
     if content is None:
         return ""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        texts = []
+        texts: list[str] = []
+        images: list[str] = []
         for i, part in enumerate(content):
             if isinstance(part, str):
                 texts.append(part)
             elif isinstance(part, dict) and part.get("type", "text") == "text":
                 texts.append(str(part.get("text", "")))
+            elif (
+                isinstance(part, dict)
+                and part.get("type") == "image"
+                and isinstance(part.get("image"), str)
+            ):
+                images.append(part["image"])
             else:
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
                 raise ValueError(
                     f"{where}.content[{i}]: unsupported content part {kind!r}; "
                     "convert the trace with `sdft dataset convert` first"
                 )
-        return "".join(texts)
+        text = "".join(texts)
+        if not images:
+            return text
+        parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+        return parts + [{"type": "image", "image": url} for url in images]
     raise ValueError(f"{where}.content: expected a string or a list of text parts")
 
 
@@ -199,7 +221,11 @@ def _normalize_tool_call(call: Any, where: str) -> dict[str, Any]:
     if not isinstance(call, dict):
         raise ValueError(f"{where}: expected an object")
     function = call.get("function", call)
-    if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+    if (
+        not isinstance(function, dict)
+        or not isinstance(function.get("name"), str)
+        or not function["name"]
+    ):
         raise ValueError(f"{where}.function.name: missing tool name")
     try:
         arguments = normalize_arguments(function.get("arguments"))
@@ -240,4 +266,7 @@ def _parse_tools(value: Any) -> list[dict[str, Any]] | None:
 
 
 def _has_text(message: Message) -> bool:
-    return bool(message.get("content", "").strip())
+    content = message.get("content", "")
+    if isinstance(content, list):
+        content = "".join(p.get("text", "") for p in content if p.get("type") == "text")
+    return bool(content.strip())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 from fastapi.testclient import TestClient
 
@@ -65,7 +66,7 @@ def test_invalid_lines_rejected(
     before = _objects(storage)
     lines = drone_bytes.decode().splitlines()
     lines.insert(2, "{not json")
-    lines.insert(5, json.dumps({"messages": [{"role": "user", "content": "hi"}]}))
+    lines.insert(5, json.dumps({"messages": "not a list"}))
     content = ("\n".join(lines) + "\n").encode()
 
     response = api_client.post(
@@ -74,9 +75,10 @@ def test_invalid_lines_rejected(
 
     assert response.status_code == 422
     error = response.json()["error"]
+    assert len(error["problems"]) == 2
     assert error["problems"][0].startswith("line 3: invalid JSON")
-    assert error["problems"][1].startswith("line 6: the expert turn must be an assistant")
-    assert "2 invalid line(s)" in error["message"]
+    assert error["problems"][1] == "line 6: messages: expected a non-empty list of messages"
+    assert "has 2 invalid line(s)" in error["message"]
     assert _objects(storage) == before
     listed = api_client.get("/datasets", headers=tenant.headers).json()
     assert listed["data"] == []
@@ -104,7 +106,7 @@ def test_empty_and_bad_format(api_client: TestClient, tenant: TenantKey) -> None
         "/datasets", headers=tenant.headers, files={"file": ("e.jsonl", b"\n\n")}
     )
     assert empty.status_code == 422
-    assert "contains no records" in empty.json()["error"]["message"]
+    assert "the input is empty" in empty.json()["error"]["message"]
 
     bad_format = api_client.post(
         "/datasets",
@@ -116,8 +118,10 @@ def test_empty_and_bad_format(api_client: TestClient, tenant: TenantKey) -> None
     assert "'parquet' is not supported" in bad_format.json()["error"]["message"]
 
 
-def test_many_errors_listed_up_to_50(api_client: TestClient, tenant: TenantKey) -> None:
-    content = b"oops\n" * 120
+def test_many_errors_listed_up_to_50(
+    api_client: TestClient, tenant: TenantKey, drone_bytes: bytes
+) -> None:
+    content = drone_bytes.splitlines(keepends=True)[0] + b"oops\n" * 120
     response = api_client.post(
         "/datasets", headers=tenant.headers, files={"file": ("bad.jsonl", content)}
     )
@@ -125,8 +129,9 @@ def test_many_errors_listed_up_to_50(api_client: TestClient, tenant: TenantKey) 
     assert response.status_code == 422
     error = response.json()["error"]
     assert len(error["problems"]) == 50
-    assert error["problems"][-1].startswith("line 50:")
-    assert "120 invalid line(s)" in error["message"]
+    assert error["problems"][0].startswith("line 2:")
+    assert error["problems"][-1].startswith("line 51:")
+    assert "at least 50 invalid line(s)" in error["message"]
 
 
 def test_list_datasets_paginated(
@@ -147,3 +152,36 @@ def test_list_datasets_paginated(
     ).json()
     assert [d["id"] for d in second["data"]] == [ids[0]]
     assert second["has_more"] is False
+
+
+def test_trace_formats_detected(api_client: TestClient, tenant: TenantKey) -> None:
+    traces = Path("../shared/data/traces")
+    cases = {
+        "claude_code/session_short.jsonl": "claude_code",
+        "sharegpt/glaive_toolcall_zh_head.json": "sharegpt",
+        "agent_trajectories/sweagent_function_calling.traj": "swe_agent",
+    }
+    for relpath, expected in cases.items():
+        response = api_client.post(
+            "/datasets",
+            headers=tenant.headers,
+            files={"file": (Path(relpath).name, (traces / relpath).read_bytes())},
+            data={"strict": "false"},
+        )
+        assert response.status_code == 201, (relpath, response.text)
+        body = response.json()
+        assert body["format"] == expected, relpath
+        assert body["records"] > 0, relpath
+        assert body["report"]["turns"] >= body["records"], relpath
+
+
+def test_truncated_gzip_rejected(
+    api_client: TestClient, tenant: TenantKey, drone_bytes: bytes
+) -> None:
+    truncated = gzip.compress(drone_bytes)[:-20]
+    response = api_client.post(
+        "/datasets", headers=tenant.headers, files={"file": ("d.jsonl.gz", truncated)}
+    )
+
+    assert response.status_code == 422
+    assert "gzip data is corrupted or truncated" in response.json()["error"]["message"]

@@ -6,10 +6,12 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import redis
 from fastapi.testclient import TestClient
 
 from api.db.session import session_scope
+from api.services import queue
 from api.services.jobs import get_job_for_update, transition
 from api.settings import Settings
 from sdft.config import SDFTConfig
@@ -202,3 +204,25 @@ def test_cancel_running_publishes(
     assert json.loads(message["data"])["action"] == "cancel"
     assert client.get(f"sdft:jobs:{job_id}:cancel") == b"1"
     pubsub.close()
+
+
+def test_broker_failure_fails_job(
+    api_client: TestClient,
+    tenant: TenantKey,
+    model_name: str,
+    upload_dataset: Callable[[TenantKey], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broker_down(job_id: str) -> str:
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+
+    monkeypatch.setattr(queue, "enqueue_training", broker_down)
+    body = {"dataset_id": upload_dataset(tenant), "model": model_name}
+
+    response = api_client.post("/jobs", headers=tenant.headers, json=body)
+
+    assert response.status_code == 201
+    assert response.json()["status"] == "failed"
+    assert "message broker failed" in response.json()["error"]
+    stored = api_client.get(f"/jobs/{response.json()['id']}", headers=tenant.headers).json()
+    assert stored["status"] == "failed"

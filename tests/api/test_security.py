@@ -154,11 +154,14 @@ def test_upload_size_limit(
 def test_request_size_limit(service_settings: Settings, tenant: TenantKey) -> None:
     for client in _client(service_settings, max_request_bytes=2048):
         body = {"dataset_id": "ds_x", "model": "m", "config": {"teacher_instruction": "x" * 4096}}
-        response = client.post(
-            "/jobs/job_x/cancel", headers=tenant.headers, content=json.dumps(body)
-        )
-        assert response.status_code == 413
-        assert "SDFT_MAX_REQUEST_BYTES" in response.json()["error"]["message"]
+        for path in ("/jobs", "/jobs/job_x/cancel"):
+            response = client.post(
+                path,
+                headers={**tenant.headers, "Content-Type": "application/json"},
+                content=json.dumps(body),
+            )
+            assert response.status_code == 413, path
+            assert "SDFT_MAX_REQUEST_BYTES" in response.json()["error"]["message"]
 
 
 def test_jobs_in_flight_limit(
@@ -238,3 +241,21 @@ def test_no_secret_in_logs(
     assert service_settings.s3_secret_access_key.get_secret_value() not in text
     assert tenant.key not in repr(service_settings)
     assert service_settings.s3_secret_access_key.get_secret_value() not in repr(service_settings)
+
+
+def test_chunked_upload_over_limit(service_settings: Settings, tenant: TenantKey) -> None:
+    """A body sent without Content-Length is counted as it arrives."""
+
+    def body() -> Iterator[bytes]:
+        yield b"--b\r\nContent-Disposition: form-data; name=file; filename=d.jsonl\r\n\r\n"
+        for _ in range(40):
+            yield b"x" * 100_000
+
+    for client in _client(service_settings, max_upload_bytes=1000):
+        response = client.post(
+            "/datasets",
+            headers={**tenant.headers, "Content-Type": "multipart/form-data; boundary=b"},
+            content=body(),
+        )
+        assert response.status_code == 413
+        assert "SDFT_MAX_UPLOAD_BYTES" in response.json()["error"]["message"]

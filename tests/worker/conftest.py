@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import io
+import json
+import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from api.settings import Settings
 from sdft.config import SDFTConfig
 from tests.fixtures.services import TenantKey
 
-DRONE_TRACES = "../shared/data/traces/openai_chat/drone_tools_head.jsonl"
-
-# Small enough for a CPU step of a fraction of a second on the tiny qwen3_5 model.
+# Three steps with a checkpoint after step 2: the least that shows a resume past a checkpoint.
 TINY_CONFIG = {
-    "max_steps": 4,
-    "max_seq_length": 4096,
-    "max_teacher_prompt_tokens": 3584,
+    "max_steps": 3,
+    "max_seq_length": 1024,
+    "max_teacher_prompt_tokens": 768,
     "max_rollout_tokens": 8,
     "lora_rank": 4,
     "lora_alpha": 8,
@@ -28,6 +31,44 @@ TINY_CONFIG = {
     "device": "cpu",
     "dtype": "float32",
 }
+
+
+TINY_MODEL_NAME = "tiny-qwen3_5"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_name(tiny_qwen3_5_dir: Path, service_settings: Settings) -> str:
+    """Copy the tiny qwen3_5 model into the models folder of the run; return its name."""
+    target = service_settings.models_dir / TINY_MODEL_NAME
+    if not target.exists():
+        shutil.copytree(tiny_qwen3_5_dir, target)
+    return TINY_MODEL_NAME
+
+
+def short_records(count: int = 4) -> list[dict[str, Any]]:
+    """Short chat records: a training step on them costs a fraction of one on the drone traces,
+    whose 16 tool schemas make prompts of about 2,000 tokens."""
+    return [
+        {
+            "messages": [
+                {"role": "system", "content": "You are a flight controller assistant."},
+                {"role": "user", "content": f"Set the altitude to {100 + 10 * i} meters."},
+                {"role": "assistant", "content": f"Altitude set to {100 + 10 * i} meters."},
+            ]
+        }
+        for i in range(count)
+    ]
+
+
+@pytest.fixture(scope="session")
+def dataset_key(service_settings: Settings) -> str:
+    """Upload short records to S3 as a dataset's records.jsonl; return the key."""
+    from api.storage import Storage
+
+    key = "datasets/ds_worker_tests/records.jsonl"
+    body = "".join(json.dumps(record) + "\n" for record in short_records())
+    Storage.from_settings(service_settings).upload_fileobj(key, io.BytesIO(body.encode()))
+    return key
 
 
 @pytest.fixture

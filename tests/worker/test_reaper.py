@@ -15,9 +15,14 @@ ORPHAN_AFTER_S = 600.0
 
 def run_reaper() -> tuple[object, list[str]]:
     sent: list[str] = []
+
+    def enqueue(job_id: str) -> str:
+        sent.append(job_id)
+        return f"task-of-{job_id}"
+
     report = reap(
         get_sessionmaker(),
-        sent.append,
+        enqueue,
         stale_after_s=STALE_AFTER_S,
         max_attempts=MAX_ATTEMPTS,
         orphan_after_s=ORPHAN_AFTER_S,
@@ -43,6 +48,7 @@ def test_reaper_requeues_stale_job(make_job: Callable[..., str]) -> None:
     assert row.status == "queued"
     assert row.worker_id is None
     assert row.heartbeat_at is None
+    assert row.celery_task_id == f"task-of-{job_id}"
     requeued = [e for e in job_events(job_id) if e[0] == "requeued"]
     assert len(requeued) == 1
     assert requeued[0][2]["resume_step"] == 4
@@ -144,7 +150,7 @@ def test_reaper_leaves_live_jobs(make_job: Callable[..., str]) -> None:
     assert job_row(running).worker_id == "live/1"
 
 
-def test_reaper_resends_orphaned_queued_job(make_job: Callable[..., str]) -> None:
+def age_job(job_id: str, seconds: float) -> None:
     from datetime import UTC, datetime, timedelta
 
     from sqlalchemy import update
@@ -152,13 +158,34 @@ def test_reaper_resends_orphaned_queued_job(make_job: Callable[..., str]) -> Non
     from api.db.models import Job
     from api.db.session import session_scope
 
-    job_id = make_job()
     with session_scope() as session:
         session.execute(
             update(Job)
             .where(Job.id == job_id)
-            .values(updated_at=datetime.now(UTC) - timedelta(seconds=ORPHAN_AFTER_S + 60))
+            .values(updated_at=datetime.now(UTC) - timedelta(seconds=seconds))
         )
+
+
+def test_reaper_sends_unsent_queued_job(make_job: Callable[..., str]) -> None:
+    # A requeue whose send failed leaves the job queued without a task id.
+    unsent = make_job()
+    sent_before = make_job(celery_task_id="task-from-api")
+    age_job(unsent, STALE_AFTER_S + 5)
+    age_job(sent_before, STALE_AFTER_S + 5)
+
+    report, sent = run_reaper()
+
+    assert unsent in report.resent
+    assert sent.count(unsent) == 1
+    assert sent_before not in sent
+    assert job_row(unsent).celery_task_id == f"task-of-{unsent}"
+    assert job_row(sent_before).celery_task_id == "task-from-api"
+
+
+def test_reaper_resends_long_queued_job(make_job: Callable[..., str]) -> None:
+    # The broker may have lost the message (a Redis restart without persistence).
+    job_id = make_job(celery_task_id="task-from-api")
+    age_job(job_id, ORPHAN_AFTER_S + 60)
 
     report, sent = run_reaper()
     second_report, second_sent = run_reaper()
