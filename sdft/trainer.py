@@ -225,6 +225,7 @@ class SDFTRun:
                 random_state=self._random_state,
             )
             self.state = loaded.state
+            self._reapply_schedule()
             self.metrics_log.truncate_after(self.state.step)
             last_checkpoint = loaded.path
             logger.info("resumed from step %d (%s)", self.state.step, loaded.path)
@@ -287,12 +288,7 @@ class SDFTRun:
             self.model_dir, device=self.device, dtype=self.dtype
         )
         if config.gradient_checkpointing:
-            # Non-reentrant checkpointing works with frozen inputs; input grads keep the
-            # reentrant path correct too should a model force it.
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
-            model.enable_input_require_grads()
+            _enable_activation_checkpointing(model)
 
         self.model, self.adapter_report = attach_adapter(model, config)
         self._adapter_names = [STUDENT_ADAPTER]
@@ -325,6 +321,23 @@ class SDFTRun:
         self._random_state = RandomState(
             python={"policy": self._policy_rng}, torch={"rollout": self._rollout_generator}
         )
+
+    def _reapply_schedule(self) -> None:
+        """Set the learning rate of the restored step from this run's schedule.
+
+        The checkpoint stores the learning rate that the original run's schedule gave. When
+        `max_steps` changed (a finished run extended, say), the linear and cosine schedules
+        give another rate for the same step, and this run's schedule must win.
+        """
+        scheduler = self.scheduler
+        lambdas = getattr(scheduler, "lr_lambdas", None)
+        if lambdas is None:
+            return
+        step = scheduler.last_epoch
+        rates = [base * fn(step) for base, fn in zip(scheduler.base_lrs, lambdas, strict=True)]
+        for group, rate in zip(self.optimizer.param_groups, rates, strict=True):
+            group["lr"] = rate
+        scheduler._last_lr = rates  # what get_last_lr() returns
 
     def _check_resumable(
         self, saved_config: dict[str, Any], saved_records: int, path: Path
@@ -692,6 +705,24 @@ class SDFTRun:
 
     def _tensor(self, ids: list[int]) -> torch.Tensor:
         return torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, L)
+
+
+def _enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Turn on activation (gradient) checkpointing, non-reentrant, with input grads.
+
+    Non-reentrant checkpointing computes LoRA gradients even though the embedding output
+    does not require grad; the input-grad hook keeps the reentrant path correct as well.
+    transformers 5.25 renamed `gradient_checkpointing_enable` to
+    `activation_checkpointing_enable` and keeps the old name as a deprecated alias.
+    """
+    kwargs = {"use_reentrant": False}
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if not getattr(model, "_require_grads_hooks", None):
+        model.enable_input_require_grads()
 
 
 def _eos_token_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
