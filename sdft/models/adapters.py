@@ -12,7 +12,7 @@ import copy
 import logging
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -51,7 +51,6 @@ class AdapterReport:
     trainable_parameters: int
     total_parameters: int
     skipped_vision_modules: int = 0
-    notes: list[str] = field(default_factory=list)
 
     @property
     def adapted_modules(self) -> int:
@@ -241,7 +240,7 @@ def update_ema_adapter(model: PeftModel, decay: float) -> None:
 def _ema_pairs(model: PeftModel) -> list[tuple[torch.Tensor, torch.Tensor]]:
     params = dict(model.named_parameters())
     student_tag = f".{STUDENT_ADAPTER}."
-    pairs = []
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
     for name, param in params.items():
         if student_tag not in name:
             continue

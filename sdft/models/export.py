@@ -14,6 +14,7 @@ import torch
 from peft import PeftModel
 from safetensors import safe_open
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME
 
 from sdft.models.adapters import EMA_ADAPTER, STUDENT_ADAPTER
 
@@ -75,11 +76,13 @@ class MergedReport:
     config_dtype: str | None
     architectures: list[str]
     shards: list[str] = field(default_factory=list)
+    missing_shards: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return (
             self.tensor_count > 0
+            and not self.missing_shards
             and not self.non_bf16
             and not self.lora_keys
             and self.config_dtype == "bfloat16"
@@ -98,6 +101,7 @@ class MergedReport:
             "config_dtype": self.config_dtype,
             "architectures": list(self.architectures),
             "shards": list(self.shards),
+            "missing_shards": list(self.missing_shards),
         }
 
 
@@ -108,38 +112,46 @@ def save_merged(
     *,
     base_model_dir: str | Path,
     run_info: dict[str, Any],
+    max_shard_size: str | int = MAX_SHARD_SIZE,
+    overwrite: bool = False,
 ) -> MergedReport:
     """Merge the student adapter into the base weights and save the result in bf16.
 
     This consumes `peft_model`: the merge rewrites its base weights in place and casts them
-    to bf16, so the caller must not train or score with it afterwards. Doing it in place
-    avoids holding a second copy of the weights, which would not fit beside a 9B model.
+    to bf16, so the caller must not train or score with it afterwards. Merging in place
+    avoids holding a second copy of the weights in memory.
 
     The output contains sharded safetensors, config with `dtype` bfloat16, tokenizer, chat
     template, generation config, the preprocessor files of a vision-language base and a
-    README.md model card built from `run_info` (keys: `config`, `dataset_records`, `steps`,
-    and optionally `dataset_bytes`, `dataset_tokens`, `job_id`). A vision-language base
-    keeps its vision tower and loads with the same class as the base.
-    Raises RuntimeError when the written folder fails `verify_merged`.
+    README.md model card built from `run_info`. The card reads the keys `config`,
+    `dataset_records` and `steps`, and when present `dataset_bytes`, `dataset_tokens`,
+    `rollouts`, `truncated_rollouts` and `job_id`. All of `run_info` goes to `sdft_run.json`.
+    A vision-language base keeps its vision tower and loads with the same class as the base.
+
+    Raises FileExistsError when `out_dir` already contains weights, unless `overwrite` is
+    set, in which case the old weight files are deleted first. Raises RuntimeError when the
+    written folder fails `verify_merged`.
     """
     out = Path(out_dir)
     base_dir = Path(base_model_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _clear_old_weights(out, overwrite)
 
     if EMA_ADAPTER in peft_model.peft_config:
-        # Only the student is exported; merge_and_unload would otherwise fold in every adapter.
+        # The EMA weights are not part of the artifact. Deleting them before the merge frees
+        # their memory, and the student stays the only adapter to merge.
         peft_model.delete_adapter(EMA_ADAPTER)
     if peft_model.active_adapter != STUDENT_ADAPTER:
         peft_model.set_adapter(STUDENT_ADAPTER)
     merged: PreTrainedModel = peft_model.merge_and_unload(progressbar=False, safe_merge=True)
 
-    merged.to(torch.bfloat16)
+    merged.bfloat16()
     _set_config_dtype(merged)
     leftover = [name for name in merged.state_dict() if _is_lora_key(name)]
     if leftover:
         raise RuntimeError(f"merge left adapter tensors in the model: {leftover[:5]}")
 
-    merged.save_pretrained(out, max_shard_size=MAX_SHARD_SIZE)
+    merged.save_pretrained(out, max_shard_size=max_shard_size)
     tokenizer.save_pretrained(out)
     if tokenizer.chat_template is None:
         logger.warning("tokenizer has no chat template; %s is saved without one", out)
@@ -167,13 +179,21 @@ def save_merged(
 def verify_merged(out_dir: str | Path) -> MergedReport:
     """Read a merged folder's safetensors headers and config, without loading the weights.
 
-    The report is `ok` when every tensor is bf16, no LoRA key remains and the config's
-    `dtype` is bfloat16.
+    The report is `ok` when every shard named by the index exists, every tensor is bf16,
+    no LoRA key remains and the config's `dtype` is bfloat16.
     """
     out = Path(out_dir)
     shards = sorted(out.glob("*.safetensors"))
     if not shards:
         raise FileNotFoundError(f"no .safetensors files in {out}; is it a saved model folder?")
+    missing_shards: list[str] = []
+    index_path = out / SAFE_WEIGHTS_INDEX_NAME
+    if index_path.is_file():
+        # A sharded checkpoint loads only the shards its index names, so only those count.
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        listed = sorted(set(index.get("weight_map", {}).values()))
+        missing_shards = [name for name in listed if not (out / name).is_file()]
+        shards = [out / name for name in listed if (out / name).is_file()]
 
     dtypes: Counter[str] = Counter()
     non_bf16: list[str] = []
@@ -208,6 +228,7 @@ def verify_merged(out_dir: str | Path) -> MergedReport:
         config_dtype=config.get("dtype") or config.get("torch_dtype"),
         architectures=list(config.get("architectures") or []),
         shards=[shard.name for shard in shards],
+        missing_shards=missing_shards,
     )
 
 
@@ -245,6 +266,8 @@ def model_card(
         ("dataset records", "dataset_records"),
         ("dataset tokens", "dataset_tokens"),
         ("dataset size (bytes)", "dataset_bytes"),
+        ("rollouts sampled", "rollouts"),
+        ("rollouts truncated at max_rollout_tokens", "truncated_rollouts"),
     ):
         if run_info.get(key) is not None:
             lines.append(f"| {label} | {_cell(run_info[key])} |")
@@ -271,6 +294,20 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def _clear_old_weights(out: Path, overwrite: bool) -> None:
+    old = sorted(out.glob("*.safetensors")) + sorted(out.glob("*.safetensors.index.json"))
+    if not old:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{out} already contains weights ({old[0].name}); pass overwrite=True to "
+            "replace them or choose an empty folder"
+        )
+    # Stale shards of an earlier save would otherwise sit beside the new ones.
+    for path in old:
+        path.unlink()
 
 
 def _set_config_dtype(model: PreTrainedModel) -> None:

@@ -10,7 +10,6 @@ from typing import Any, Protocol
 import torch
 import transformers
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     PreTrainedModel,
@@ -34,6 +33,12 @@ VISION_MODULE_MARKERS = (
 
 class ModelLoadError(RuntimeError):
     """A model folder that cannot be loaded; the message names the folder and the fix."""
+
+
+class ModelLoader(Protocol):
+    """A model class or auto class: anything with `from_pretrained`."""
+
+    def from_pretrained(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
 class DeviceSettings(Protocol):
@@ -103,8 +108,11 @@ def load_model_and_tokenizer(
 
     Never contacts a model hub and never runs code shipped with the checkpoint. A
     vision-language checkpoint loads with the class named in its config, so the vision tower
-    survives a later merged export. Training uses its text path only. The pad token falls
-    back to `<|endoftext|>` or the EOS token when the tokenizer has none.
+    survives a later merged export. Training uses its text path only.
+
+    The pad token becomes `<|endoftext|>`, when the vocabulary has it, if the tokenizer has
+    no pad token or pads with its EOS token. Without `<|endoftext|>` a missing pad token
+    falls back to the EOS token.
     """
     folder = Path(model_dir)
     if not folder.is_dir():
@@ -128,13 +136,14 @@ def load_model_and_tokenizer(
     }
     if device.type == "cuda":
         # Loading straight onto the GPU avoids a second full copy of the weights in host RAM.
+        # NOTE: the CPU test suite never runs this branch.
         load_kwargs["device_map"] = {"": str(device)}
     try:
         model = model_class.from_pretrained(folder, **load_kwargs)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"failed to load the model in {str(folder)!r}: {exc}") from exc
     if device.type != "cuda":
-        model.to(device)
+        model.to(device=device)
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(
@@ -162,7 +171,7 @@ def load_model_and_tokenizer(
     return model, tokenizer
 
 
-def model_class_for(model_dir: str | Path) -> type[PreTrainedModel]:
+def model_class_for(model_dir: str | Path) -> ModelLoader:
     """Pick the class to load a checkpoint with.
 
     Vision-language checkpoints use the transformers class in their config's
@@ -179,19 +188,12 @@ def model_class_for(model_dir: str | Path) -> type[PreTrainedModel]:
         model_class = getattr(transformers, name, None)
         if isinstance(model_class, type) and issubclass(model_class, PreTrainedModel):
             return model_class
-    # A vision-language config without a known class name still maps through the auto class
-    # of its model type.
-    config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    # A vision-language config without a known class name still loads through the
+    # image-text-to-text auto class, which picks the class from the config's model_type and
+    # raises ValueError (reported as ModelLoadError) for a type it does not know.
     from transformers import AutoModelForImageTextToText
 
-    try:
-        return AutoModelForImageTextToText._model_mapping[type(config)]
-    except KeyError as exc:
-        raise ModelLoadError(
-            f"config.json in {str(folder)!r} describes a vision-language model "
-            f"(model_type={raw.get('model_type')!r}, architectures={names}) that this "
-            "transformers version cannot load; upgrade transformers or use a text-only model"
-        ) from exc
+    return AutoModelForImageTextToText
 
 
 def is_vision_language(model: torch.nn.Module) -> bool:
@@ -201,9 +203,11 @@ def is_vision_language(model: torch.nn.Module) -> bool:
 
 
 def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    # Rollouts end with the EOS token, so a pad token equal to EOS would let padding masks
+    # hide real EOS tokens. <|endoftext|> (Qwen, SmolLM2) is the preferred distinct pad.
+    preferred = "<|endoftext|>" if "<|endoftext|>" in tokenizer.get_vocab() else None
     if tokenizer.pad_token is None:
-        vocab = tokenizer.get_vocab()
-        fallback = "<|endoftext|>" if "<|endoftext|>" in vocab else tokenizer.eos_token
+        fallback = preferred if preferred is not None else tokenizer.eos_token
         if fallback is None:
             raise ModelLoadError(
                 "tokenizer has neither a pad token nor an EOS token; add one to "
@@ -211,13 +215,29 @@ def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
             )
         tokenizer.pad_token = fallback
         logger.info("tokenizer has no pad token; using %r", fallback)
+    elif (
+        tokenizer.pad_token == tokenizer.eos_token
+        and preferred is not None
+        and preferred != tokenizer.eos_token
+    ):
+        logger.info("pad token equals the EOS token %r; using %r", tokenizer.eos_token, preferred)
+        tokenizer.pad_token = preferred
+    if tokenizer.pad_token == tokenizer.eos_token:
+        logger.warning(
+            "pad token equals the EOS token %r; mask padding by attention mask, not by token id",
+            tokenizer.eos_token,
+        )
+
     generation_config = getattr(model, "generation_config", None)
     if generation_config is not None and generation_config.pad_token_id is None:
         generation_config.pad_token_id = tokenizer.pad_token_id
 
 
 def _check_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
-    rows = model.get_input_embeddings().weight.shape[0]
+    embedding = model.get_input_embeddings()
+    if not isinstance(embedding, torch.nn.Embedding):
+        return
+    rows = embedding.weight.shape[0]
     if len(tokenizer) > rows:
         raise ModelLoadError(
             f"tokenizer in {str(folder)!r} has {len(tokenizer)} ids but the model's embedding "

