@@ -109,9 +109,8 @@ def follow_job(client: httpx.Client, job_id: str) -> dict[str, Any]:
     deadline = time.monotonic() + DEMO_TIMEOUT_S
     while time.monotonic() < deadline:
         job = _checked(client.get(f"/jobs/{job_id}"), "read the job")
-        if job["status"] != last_status:
-            last_status = job["status"]
-            typer.echo(f"  status: {last_status}")
+        # Metrics first: the worker writes them in batches, so the last steps of a phase can
+        # arrive in the same poll as the next phase's status.
         rows = _checked(
             client.get(f"/jobs/{job_id}/metrics", params={"after_step": last_step}),
             "read the metrics",
@@ -119,6 +118,9 @@ def follow_job(client: httpx.Client, job_id: str) -> dict[str, Any]:
         for row in rows:
             last_step = max(last_step, int(row["step"]))
             typer.echo("  " + format_metrics(row["step"], job["total_steps"], row["metrics"]))
+        if job["status"] != last_status:
+            last_status = job["status"]
+            typer.echo(f"  status: {last_status}")
         if job["status"] in TERMINAL_STATUSES:
             return job
         time.sleep(POLL_S)
@@ -150,8 +152,8 @@ def print_artifacts(client: httpx.Client, job_id: str) -> None:
     for entry in files:
         typer.echo(f"  {entry['path']}  {entry['size']:,} bytes\n    {entry['url']}")
     typer.echo(
-        f"Links stay valid while this stack runs; list them again with "
-        f"GET /jobs/{job_id}/artifacts."
+        "The links work while `sdft up` runs on this data folder, until they expire "
+        f"(SDFT_PRESIGN_EXPIRY_S); GET /jobs/{job_id}/artifacts lists fresh ones."
     )
 
 
