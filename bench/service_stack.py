@@ -19,10 +19,10 @@ import httpx
 
 from api.embedded.seaweedfs import SeaweedFS, free_port
 from tests.fixtures.services import (
-    REDIS_HOST_URL,
     claim_redis_db,
     create_database,
     drop_database,
+    redis_host_url,
     release_redis_db,
 )
 
@@ -57,7 +57,7 @@ def service_stack(extra_env: dict[str, str] | None = None, api_workers: int = 1)
             weed.start()
             env = {
                 "SDFT_DATABASE_URL": database_url,
-                "SDFT_REDIS_URL": f"{REDIS_HOST_URL}/{redis_db}",
+                "SDFT_REDIS_URL": f"{redis_host_url()}/{redis_db}",
                 "SDFT_S3_ENDPOINT_URL": weed.endpoint_url,
                 "SDFT_S3_BUCKET": f"sdft-bench-{run_id}",
                 "SDFT_S3_ACCESS_KEY_ID": weed.access_key,
