@@ -37,6 +37,7 @@ from sdft.checkpoint import (
     DataPosition,
     RandomState,
     TrainState,
+    latest_checkpoint,
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,
@@ -208,6 +209,13 @@ class SDFTRun:
         resume = read_checkpoint(Path(resume_from)) if resume_from is not None else None
         if resume is not None:
             self._check_resumable(resume.config, resume.records, resume.path)
+        elif (existing := latest_checkpoint(self.output_dir)) is not None:
+            # A fresh run would mix its checkpoints with the old run's, and `latest` would
+            # then pick whichever has the higher step.
+            raise TrainingError(
+                f"{self.output_dir} already contains checkpoints of another run (latest: "
+                f"{existing.name}); resume from one of them or choose a new output folder"
+            )
 
         self._setup()
         teacher_report = None

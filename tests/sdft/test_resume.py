@@ -141,6 +141,15 @@ def test_resume_rejects_other_dataset(tmp_path: Path, tiny_qwen3_5_dir: Path) ->
         run.train(resume_from=checkpoint)
 
 
+def test_fresh_run_rejects_used_folder(tmp_path: Path, tiny_qwen3_5_dir: Path) -> None:
+    config = tiny_config(max_steps=1)
+    SDFTRun(config, tiny_qwen3_5_dir, short_records(), tmp_path, teacher_check_records=0).train()
+
+    again = SDFTRun(config, tiny_qwen3_5_dir, short_records(), tmp_path, teacher_check_records=0)
+    with pytest.raises(RuntimeError, match="already contains checkpoints.*step-000001"):
+        again.train()
+
+
 def test_resume_rejects_missing_checkpoint(tmp_path: Path, tiny_qwen3_5_dir: Path) -> None:
     run = SDFTRun(tiny_config(), tiny_qwen3_5_dir, short_records(), tmp_path)
     with pytest.raises(CheckpointError, match="state.json is missing"):
