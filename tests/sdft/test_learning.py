@@ -12,7 +12,7 @@ to compare two checkpoints. Before and after training:
 The teacher uses the `demonstration` layout. Given the expert turn as an earlier exchange, the
 135M teacher writes the `<tool_call>` format, which it rarely does with the reference block.
 The tool schemas are left out so that a step fits the CPU budget of the test suite; the
-system message still tells the model to call functions.
+system message still instructs the model to call functions.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ def test_resume_matches_uninterrupted(
         for name, weight in full_weights.items():
             torch.testing.assert_close(resumed_weights[name], weight, rtol=1e-6, atol=1e-8)
 
-    # The resumed run's metrics file holds each step once, in order.
+    # The resumed run's metrics file contains each step once, in order.
     steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").open()]
     assert steps == [1, 2, 3, 4]
 
