@@ -43,7 +43,7 @@ class CheckpointError(RuntimeError):
 
 @dataclass
 class DataPosition:
-    """Where the data loader stands: the next record is `order(epoch)[index]`.
+    """Position of the data loader: the next record is `order(epoch)[index]`.
 
     The order of each epoch is a permutation of the records drawn from `seed` and the
     epoch number, so the position alone restores it.
@@ -214,7 +214,7 @@ def load_checkpoint(
     saved_adapters = payload["adapter_names"]
     if sorted(saved_adapters) != sorted(adapter_names):
         raise CheckpointError(
-            f"{path} holds adapters {saved_adapters} but this run has {adapter_names}; "
+            f"{path} contains adapters {saved_adapters} but this run has {adapter_names}; "
             "resume with the same `teacher` option as the original run"
         )
 

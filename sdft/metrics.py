@@ -1,7 +1,7 @@
 """Per-step training metrics: flat dicts with slash-separated names, stored as JSON lines.
 
-One dict per optimizer step. The service stores these names unchanged, so they are the
-same in `metrics.jsonl`, the database, the API and the dashboard.
+One dict per optimizer step, passed to `TrainCallbacks.on_metrics` and appended to
+`metrics.jsonl`. Names use the same spelling everywhere they are stored or shown.
 """
 
 from __future__ import annotations

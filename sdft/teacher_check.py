@@ -1,6 +1,6 @@
 """Check, before training, whether the teacher prompt makes the teacher behave like the expert.
 
-SDFT can only teach what the teacher does when it sees the expert reference. For each
+SDFT can only teach what the teacher does when it is given the expert reference. For each
 teacher layout this measures, on a few records:
 
 - the mean log-probability per token of the expert turn under the teacher prompt (with the

@@ -13,9 +13,9 @@ token in it (rollout tokens of on-policy records, expert tokens of the others), 
 that token count and by `gradient_accumulation_steps`. Each token weighs the same whatever
 the length of its rollout, and an empty micro-batch contributes zero.
 
-Records are processed one at a time inside a micro-batch, so memory holds the graph of one
-sequence. Rollouts of a micro-batch are sampled first, which fixes the token count before
-any backward pass.
+Records are processed one at a time inside a micro-batch, so memory keeps the autograd
+graph of one sequence at a time. Rollouts of a micro-batch are sampled first, which fixes
+the token count before any backward pass.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from sdft.checkpoint import (
     DataPosition,
     RandomState,
     TrainState,
+    latest_checkpoint,
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,
@@ -153,7 +154,6 @@ class _StepTotals:
     expert_tokens: int = 0
     expert_nll_sum: float = 0.0
     rollout_s: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 class SDFTRun:
@@ -208,6 +208,13 @@ class SDFTRun:
         resume = read_checkpoint(Path(resume_from)) if resume_from is not None else None
         if resume is not None:
             self._check_resumable(resume.config, resume.records, resume.path)
+        elif (existing := latest_checkpoint(self.output_dir)) is not None:
+            # A fresh run would mix its checkpoints with the old run's, and `latest` would
+            # then pick whichever has the higher step.
+            raise TrainingError(
+                f"{self.output_dir} already contains checkpoints of another run (latest: "
+                f"{existing.name}); resume from one of them or choose a new output folder"
+            )
 
         self._setup()
         teacher_report = None
@@ -367,7 +374,6 @@ class SDFTRun:
         config = self.config
         started = time.perf_counter()
         totals = _StepTotals()
-        skipped_before = self.state.skipped_total
 
         # Learning rate of this step, set by the scheduler after the previous one.
         lr = self.scheduler.get_last_lr()[0]
@@ -389,7 +395,7 @@ class SDFTRun:
 
         self.state.step += 1
         step_s = time.perf_counter() - started
-        return self._step_metrics(totals, lr, float(grad_norm), step_s, skipped_before)
+        return self._step_metrics(totals, lr, float(grad_norm), step_s)
 
     def _run_micro_batch(self, examples: list[_Example], totals: _StepTotals) -> None:
         config = self.config
@@ -505,7 +511,6 @@ class SDFTRun:
         lr: float,
         grad_norm: float,
         step_s: float,
-        skipped_before: int,
     ) -> dict[str, Any]:
         scored_tokens = totals.rollout_tokens + totals.expert_tokens
         metrics: dict[str, Any] = {
@@ -533,9 +538,6 @@ class SDFTRun:
             metrics["teacher/logprob_mean"] = totals.teacher_logprob_sum / totals.rollout_tokens
         if totals.expert_tokens:
             metrics["expert/nll_mean"] = totals.expert_nll_sum / totals.expert_tokens
-        new_skips = self.state.skipped_total - skipped_before
-        if new_skips:
-            logger.debug("step %d skipped %d records", self.state.step, new_skips)
         return metrics
 
     # Data.

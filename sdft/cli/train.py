@@ -22,6 +22,18 @@ _EXIT_USAGE = 2
 _EXIT_FAILED = 1
 
 
+# Options shared by both commands.
+ModelOption = Annotated[Path, typer.Option("--model", help="Local folder of the base model.")]
+DatasetOption = Annotated[Path, typer.Option("--dataset", help="JSONL file of training records.")]
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="YAML file of SDFTConfig options.")
+]
+OverridesOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override one option, as key=value (YAML value); repeatable."),
+]
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root `sdft` command."""
     app.command("train")(train)
@@ -29,19 +41,14 @@ def register(app: typer.Typer) -> None:
 
 
 def train(
-    model: Annotated[Path, typer.Option("--model", help="Local folder of the base model.")],
-    dataset: Annotated[Path, typer.Option("--dataset", help="JSONL file of training records.")],
+    model: ModelOption,
+    dataset: DatasetOption,
     output: Annotated[
         Path,
         typer.Option("--output", help="Run folder for metrics.jsonl, checkpoints/ and merged/."),
     ],
-    config_file: Annotated[
-        Path | None, typer.Option("--config", help="YAML file of SDFTConfig options.")
-    ] = None,
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override one option, as key=value (YAML value); repeatable."),
-    ] = None,
+    config_file: ConfigOption = None,
+    overrides: OverridesOption = None,
     resume: Annotated[
         str | None,
         typer.Option(
@@ -111,8 +118,8 @@ def train(
 
 
 def teacher_check(
-    model: Annotated[Path, typer.Option("--model", help="Local folder of the base model.")],
-    dataset: Annotated[Path, typer.Option("--dataset", help="JSONL file of training records.")],
+    model: ModelOption,
+    dataset: DatasetOption,
     layout: Annotated[
         str,
         typer.Option("--layout", help="Teacher layout: reference_block, demonstration or all."),
@@ -124,13 +131,8 @@ def teacher_check(
             "--max-new-tokens", help="Length limit of each greedy teacher output, in tokens."
         ),
     ] = 64,
-    config_file: Annotated[
-        Path | None, typer.Option("--config", help="YAML file of SDFTConfig options.")
-    ] = None,
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override one option, as key=value (YAML value); repeatable."),
-    ] = None,
+    config_file: ConfigOption = None,
+    overrides: OverridesOption = None,
 ) -> None:
     """Show whether the teacher, given the expert reference, scores and writes like the expert.
 

@@ -1,4 +1,4 @@
-"""Prompt rendering: the student never sees the expert turn, the teacher sees it in its layout."""
+"""Prompt rendering: only the teacher prompt contains the expert turn, placed by its layout."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_teacher_block_holds_expert_turn(tokenizer) -> None:
     assert "<expert_reference>\nLIMA-7781 is the code answer.\n</expert_reference>" in (
         prompts.teacher.text
     )
-    # The block is appended to the final user message, and the teacher then answers.
+    # The block is appended to the final user message, then comes the generation prompt.
     assert prompts.teacher.text.count("<|im_start|>user") == 1
     assert prompts.teacher.text.endswith(prompts.student.text[-len("<|im_start|>assistant\n") :])
     assert "in your own words" in prompts.teacher.text

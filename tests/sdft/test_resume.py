@@ -86,7 +86,7 @@ def test_resume_matches_uninterrupted(
         for name, weight in full_weights.items():
             torch.testing.assert_close(resumed_weights[name], weight, rtol=1e-6, atol=1e-8)
 
-    # The resumed run's metrics file holds each step once, in order.
+    # The resumed run's metrics file contains each step once, in order.
     steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").open()]
     assert steps == [1, 2, 3, 4]
 
@@ -139,6 +139,15 @@ def test_resume_rejects_other_dataset(tmp_path: Path, tiny_qwen3_5_dir: Path) ->
     run = SDFTRun(config, tiny_qwen3_5_dir, short_records()[:2], tmp_path / "other")
     with pytest.raises(RuntimeError, match="trained on 4 records but this run has 2"):
         run.train(resume_from=checkpoint)
+
+
+def test_fresh_run_rejects_used_folder(tmp_path: Path, tiny_qwen3_5_dir: Path) -> None:
+    config = tiny_config(max_steps=1)
+    SDFTRun(config, tiny_qwen3_5_dir, short_records(), tmp_path, teacher_check_records=0).train()
+
+    again = SDFTRun(config, tiny_qwen3_5_dir, short_records(), tmp_path, teacher_check_records=0)
+    with pytest.raises(RuntimeError, match="already contains checkpoints.*step-000001"):
+        again.train()
 
 
 def test_resume_rejects_missing_checkpoint(tmp_path: Path, tiny_qwen3_5_dir: Path) -> None:
