@@ -88,7 +88,8 @@ def up(
     data_dir: Annotated[
         Path,
         typer.Option(
-            "--data-dir", envvar="SDFT_DATA_DIR",
+            "--data-dir",
+            envvar="SDFT_DATA_DIR",
             help="Folder for the embedded services' data, models, cache and logs.",
         ),
     ] = DEFAULT_DATA_DIR,
@@ -107,9 +108,7 @@ def up(
             "download links of the merged model.",
         ),
     ] = False,
-    demo_steps: Annotated[
-        int, typer.Option(min=1, help="Training steps of the demo job.")
-    ] = 8,
+    demo_steps: Annotated[int, typer.Option(min=1, help="Training steps of the demo job.")] = 8,
     demo_dataset: Annotated[
         Path, typer.Option(help="JSONL records the demo job trains on.")
     ] = DEFAULT_DEMO_DATASET,
@@ -309,8 +308,16 @@ def start_api(stack: Stack, *, host: str, port: int) -> None:
     stack.api_url = f"http://{client_host}:{port}"
     log_path = stack.data_dir / "logs" / "api.log"
     argv = [
-        sys.executable, "-m", "sdft", "api", "--host", host, "--port", str(port),
-        "--log-level", "warning",
+        sys.executable,
+        "-m",
+        "sdft",
+        "api",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
     ]
     process = _start_child(stack, "API", argv, log_path)
 
@@ -320,8 +327,13 @@ def start_api(stack: Stack, *, host: str, port: int) -> None:
         except httpx.HTTPError:
             return False
 
-    wait_until(ready, process=process, timeout_s=API_START_TIMEOUT_S,
-               what=f"the API at {stack.api_url}", log_path=log_path)
+    wait_until(
+        ready,
+        process=process,
+        timeout_s=API_START_TIMEOUT_S,
+        what=f"the API at {stack.api_url}",
+        log_path=log_path,
+    )
 
 
 def start_worker(stack: Stack) -> None:

@@ -115,8 +115,16 @@ def start_embedded_postgres(
                 f"port {chosen_port} on {LOOPBACK} is already in use; pick another port"
             )
         try:
-            server = _start_server(bin_dir, pgdata, chosen_port, database, log_path, run_as,
-                                   durable=durable, timeout_s=timeout_s)
+            server = _start_server(
+                bin_dir,
+                pgdata,
+                chosen_port,
+                database,
+                log_path,
+                run_as,
+                durable=durable,
+                timeout_s=timeout_s,
+            )
         except EmbeddedServiceError as err:
             # Another process can bind a port between our check and the server's bind.
             last_error = err
@@ -160,7 +168,8 @@ def _initdb(bin_dir: Path, pgdata: Path, run_as: str | None, *, durable: bool) -
         os.chown(pgdata, entry.pw_uid, entry.pw_gid)
     argv = [
         str(bin_dir / "initdb"),
-        "-D", str(pgdata),
+        "-D",
+        str(pgdata),
         "--username=postgres",
         "--auth=trust",
         "--encoding=UTF8",
@@ -201,17 +210,24 @@ def _start_server(
 ) -> EmbeddedPostgres:
     argv = [
         str(bin_dir / "postgres"),
-        "-D", str(pgdata),
-        "-h", LOOPBACK,
-        "-p", str(port),
+        "-D",
+        str(pgdata),
+        "-h",
+        LOOPBACK,
+        "-p",
+        str(port),
         # An empty socket folder list turns unix sockets off: clients use TCP on loopback.
-        "-k", "",
-        "-c", f"fsync={'on' if durable else 'off'}",
-        "-c", "max_connections=200",
+        "-k",
+        "",
+        "-c",
+        f"fsync={'on' if durable else 'off'}",
+        "-c",
+        "max_connections=200",
     ]
     process = spawn(argv, log_path=log_path, stop_signal=signal.SIGINT, user=run_as)
-    server = EmbeddedPostgres(pgdata=pgdata, port=port, database=database, log_path=log_path,
-                              process=process)
+    server = EmbeddedPostgres(
+        pgdata=pgdata, port=port, database=database, log_path=log_path, process=process
+    )
 
     def accepts_connections() -> bool:
         try:
@@ -220,8 +236,13 @@ def _start_server(
         except psycopg.OperationalError:
             return False
 
-    wait_until(accepts_connections, process=process, timeout_s=timeout_s,
-               what=f"PostgreSQL on port {port}", log_path=log_path)
+    wait_until(
+        accepts_connections,
+        process=process,
+        timeout_s=timeout_s,
+        what=f"PostgreSQL on port {port}",
+        log_path=log_path,
+    )
     return server
 
 

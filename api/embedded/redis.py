@@ -63,8 +63,9 @@ class EmbeddedRedis(EmbeddedServer):
 def _client(port: int, *, timeout_s: float) -> redis.Redis:
     # redis-py retries failed commands by default, and a server that has shut down would turn
     # every SHUTDOWN or startup PING into seconds of retries.
-    return redis.Redis(host=LOOPBACK, port=port, socket_timeout=timeout_s,
-                       retry=Retry(NoBackoff(), 0))
+    return redis.Redis(
+        host=LOOPBACK, port=port, socket_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
+    )
 
 
 def redis_server_path() -> Path:
@@ -109,17 +110,25 @@ def start_embedded_redis(
             )
         argv = [
             str(binary),
-            "--bind", LOOPBACK,
-            "--port", str(chosen_port),
-            "--dir", str(data_dir),
-            "--daemonize", "no",
-            "--protected-mode", "yes",
-            "--save", "",
-            "--appendonly", "yes" if persistent else "no",
+            "--bind",
+            LOOPBACK,
+            "--port",
+            str(chosen_port),
+            "--dir",
+            str(data_dir),
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if persistent else "no",
         ]
         process = spawn(argv, log_path=log_path, stop_signal=signal.SIGTERM)
-        server = EmbeddedRedis(data_dir=data_dir, port=chosen_port, log_path=log_path,
-                               process=process)
+        server = EmbeddedRedis(
+            data_dir=data_dir, port=chosen_port, log_path=log_path, process=process
+        )
 
         def answers_ping(port: int = chosen_port) -> bool:
             try:
@@ -129,8 +138,13 @@ def start_embedded_redis(
                 return False
 
         try:
-            wait_until(answers_ping, process=process, timeout_s=timeout_s,
-                       what=f"Redis on port {chosen_port}", log_path=log_path)
+            wait_until(
+                answers_ping,
+                process=process,
+                timeout_s=timeout_s,
+                what=f"Redis on port {chosen_port}",
+                log_path=log_path,
+            )
         except EmbeddedServiceError as err:
             # Another process can bind a port between our check and the server's bind.
             last_error = err

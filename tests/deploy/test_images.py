@@ -49,8 +49,14 @@ def _pins() -> dict[str, str]:
 
 def _compose_config() -> dict[str, Any]:
     result = subprocess.run(
-        [str(compose_binary()), "-f", str(REPO_ROOT / "docker-compose.yml"), "config",
-         "--format", "json"],
+        [
+            str(compose_binary()),
+            "-f",
+            str(REPO_ROOT / "docker-compose.yml"),
+            "config",
+            "--format",
+            "json",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
