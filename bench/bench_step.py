@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -319,6 +320,26 @@ def _hf_top_p_sample(logits: torch.Tensor, temperature: float, top_p: float) -> 
     return int(torch.multinomial(scores.softmax(-1)[0], 1))
 
 
+class _NucleusProcessor(LogitsProcessor):
+    """Mask every token outside `top_p_candidates`' nucleus, for use inside HF `generate`.
+
+    transformers 5.25 runs custom processors before its temperature warper, so the nucleus is
+    taken from the scores divided by `temperature` here, as in `sample_rollout`.
+    """
+
+    def __init__(self, top_p: float, temperature: float) -> None:
+        self.top_p = top_p
+        self.temperature = temperature
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        masked = torch.full_like(scores, float("-inf"))  # (B, V)
+        for row in range(scores.shape[0]):
+            probs = (scores[row] / self.temperature).softmax(-1)
+            ids, _ = top_p_candidates(probs, self.top_p)
+            masked[row, ids] = scores[row, ids]
+        return masked
+
+
 def run_sampler_bench(model_dir: Path, logit_scale: float, tokens: int) -> None:
     """Time the sampler alone per token, on synthetic logits and on the tiny model's decode."""
     results: dict[str, Any] = {}
@@ -357,6 +378,17 @@ def run_sampler_bench(model_dir: Path, logit_scale: float, tokens: int) -> None:
         ("hf_generate_top_p_ms", {"do_sample": True, "top_p": TOP_P, "top_k": 0}),
         ("hf_generate_no_top_p_ms", {"do_sample": True, "top_p": 1.0, "top_k": 0}),
         ("hf_generate_greedy_ms", {"do_sample": False}),
+        (
+            "hf_generate_our_nucleus_ms",
+            {
+                "do_sample": True,
+                "top_p": 1.0,
+                "top_k": 0,
+                "logits_processor": LogitsProcessorList(
+                    [_NucleusProcessor(TOP_P, ROLLOUT_TEMPERATURE)]
+                ),
+            },
+        ),
     ):
         with torch.no_grad():
             start = time.perf_counter()
@@ -406,6 +438,27 @@ def _summarise(result: dict[str, Any]) -> dict[str, float]:
 
 
 def _print_tables(step_results: list[dict[str, Any]], sampler: dict[str, Any] | None) -> None:
+    if step_results:
+        _print_step_table(step_results)
+    if sampler is None:
+        return
+    print()
+    print(
+        f"{'logits':<16} {'nucleus':>8} {'ours ms/token':>14} {'HF ms/token':>12} {'HF / ours':>10}"
+    )
+    for name in ("peaked (std 5)", "flat (std 1)"):
+        row = sampler[name]
+        print(
+            f"{name:<16} {row['nucleus']:>8.0f} {row['ours_ms']:14.2f} {row['hf_ms']:12.2f} "
+            f"{row['hf_ms'] / row['ours_ms']:10.2f}"
+        )
+    print()
+    print("decode on the tiny model, ms per token:")
+    for label, value in sampler["decode"].items():
+        print(f"  {label:<26} {value:8.2f}")
+
+
+def _print_step_table(step_results: list[dict[str, Any]]) -> None:
     by_key = {(r["impl"], r["length"]): _summarise(r) for r in step_results}
     lengths = sorted({r["length"] for r in step_results})
     header = (
@@ -432,23 +485,6 @@ def _print_tables(step_results: list[dict[str, Any]], sampler: dict[str, Any] | 
                 f"{row['peak_mib']:9.0f} {row['delta_mib']:9.0f} {time_ratio} {cpu_ratio} "
                 f"{memory_ratio}"
             )
-
-    if sampler is None:
-        return
-    print()
-    print(
-        f"{'logits':<16} {'nucleus':>8} {'ours ms/token':>14} {'HF ms/token':>12} {'HF / ours':>10}"
-    )
-    for name in ("peaked (std 5)", "flat (std 1)"):
-        row = sampler[name]
-        print(
-            f"{name:<16} {row['nucleus']:>8.0f} {row['ours_ms']:14.2f} {row['hf_ms']:12.2f} "
-            f"{row['hf_ms'] / row['ours_ms']:10.2f}"
-        )
-    print()
-    print("decode on the tiny model, ms per token:")
-    for label, value in sampler["decode"].items():
-        print(f"  {label:<26} {value:8.2f}")
 
 
 def _plan(lengths: list[int], repeats: int, skip: set[str]) -> list[tuple[str, int, int, bool]]:

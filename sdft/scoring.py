@@ -72,9 +72,14 @@ def decoder_trunk(model: nn.Module) -> nn.Module:
 
 def lm_head_of(model: nn.Module) -> nn.Module:
     """Return the output projection (LM head) of `model`, unwrapping peft."""
-    head = _causal_lm(model).get_output_embeddings()
-    if head is None:
-        raise TypeError(f"{type(model).__name__} has no output embeddings (LM head)")
+    causal_lm = _causal_lm(model)
+    get_output_embeddings = getattr(causal_lm, "get_output_embeddings", None)
+    head = get_output_embeddings() if callable(get_output_embeddings) else None
+    if not isinstance(head, nn.Module):
+        raise TypeError(
+            f"{type(causal_lm).__name__} has no output embeddings (LM head): expected a "
+            "transformers causal LM or a PeftModel of one"
+        )
     return head
 
 
@@ -206,9 +211,10 @@ def chunked_token_stats(
             f"{tuple(student_hidden.shape)}, got {tuple(targets.shape)}"
         )
     if teacher_hidden is None:
-        student_lp = chunked_token_logprobs(
-            student_hidden, lm_head, targets, chunk_bytes=chunk_bytes
-        ).detach()
+        with torch.no_grad():
+            student_lp = chunked_token_logprobs(
+                student_hidden, lm_head, targets, chunk_bytes=chunk_bytes
+            )
         return TokenStats(divergence=None, student_logprobs=student_lp, teacher_logprobs=None)
     if teacher_hidden.shape != student_hidden.shape:
         raise ValueError(

@@ -176,7 +176,7 @@ def test_token_cross_entropy_matches_torch() -> None:
 
 
 def test_masked_mean_ignores_padding() -> None:
-    # Two rollouts of lengths 3 and 1, padded to 4: padding holds garbage logits and a NaN.
+    # Two rollouts of lengths 3 and 1, padded to 4; the second one has NaN logits in its padding.
     student, teacher = _logits(2, 4, seed=22).float(), _logits(2, 4, seed=23).float()
     student[1, 2:] = float("nan")
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])

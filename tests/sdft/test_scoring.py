@@ -17,6 +17,7 @@ from sdft.scoring import (
     chunk_rows,
     chunked_token_logprobs,
     chunked_token_stats,
+    decoder_trunk,
     lm_head_of,
     naive_token_stats,
     rollout_hidden_states,
@@ -108,6 +109,25 @@ def test_chunked_stats_match_naive(
     assert chunked_grad[~mask].abs().max() == 0
     if trainable_head:
         torch.testing.assert_close(chunked_head_grad, head.weight.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_chunked_stats_ignore_padding() -> None:
+    # A rollout of 9 tokens padded to 12: pad rows hold large garbage and the mask drops them.
+    head = _head()
+    student, teacher, targets = _rollout(12)
+    with torch.no_grad():
+        student[9:] = 50.0
+    mask = torch.arange(12) < 9
+
+    padded = chunked_token_stats(student, teacher, head, targets, chunk_bytes=_bytes_for_rows(5))
+    loss = masked_mean(padded.divergence, mask)
+    loss.backward()
+
+    unpadded = naive_token_stats(student[:9], teacher[:9], head, targets[:9])
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss, unpadded.divergence.mean(), atol=1e-5, rtol=1e-5)
+    assert student.grad[9:].abs().max() == 0
+    assert student.grad[:9].abs().max() > 0
 
 
 def test_chunked_logprobs_are_detached() -> None:
@@ -316,6 +336,13 @@ def test_rollout_hidden_states_reject_bad_lengths(tiny_llama_dir: Path) -> None:
         rollout_hidden_states(model, input_ids, 4)
     with pytest.raises(ValueError, match=r"shape \(1, L\)"):
         rollout_hidden_states(model, input_ids[0], 1)
+
+
+def test_decoder_trunk_rejects_plain_module() -> None:
+    with pytest.raises(TypeError, match="cannot find the decoder trunk of Linear"):
+        decoder_trunk(nn.Linear(4, 4))
+    with pytest.raises(TypeError, match="Linear has no output embeddings"):
+        lm_head_of(nn.Linear(4, 4))
 
 
 def test_peft_student_teacher_gradients_match_naive(tiny_qwen3_5_dir: Path) -> None:
