@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr = SecretStr("")
     s3_region: str = "us-east-1"
 
+    # S3 folders that jobs may name as their model (`s3://bucket/prefix/`). A job's `model`
+    # URI is read with the service's own credentials, so only these prefixes are accepted.
+    # Empty (the default) turns s3:// models off. Set as a JSON list in the environment.
+    s3_model_prefixes: list[str] = Field(default_factory=list)
+
     # Local folders.
     models_dir: Path = Path("models")
     cache_dir: Path = Path(".sdft/cache")

@@ -95,10 +95,32 @@ def _resolve_s3(name: str, settings: Settings) -> ModelRef:
         raise _invalid(name, "the prefix contains an empty, '.' or '..' segment", settings)
 
     uri = f"s3://{bucket}/{prefix}"
+    _check_s3_allowed(name, uri, bucket, prefix, settings)
     digest = hashlib.sha256(uri.encode("utf-8")).hexdigest()[:16]
     readable = re.sub(r"[^A-Za-z0-9._-]", "_", segments[-1])[:64]
     cache_path = settings.cache_dir.resolve() / "models" / f"{readable}-{digest}"
     return ModelRef(name=uri, kind="s3", bucket=bucket, prefix=prefix + "/", cache_path=cache_path)
+
+
+def _check_s3_allowed(name: str, uri: str, bucket: str, prefix: str, settings: Settings) -> None:
+    """Reject URIs outside the operator's allow-list, and any URI into the service's own
+    datasets or jobs, which belong to tenants and must not be readable through a model name."""
+    if bucket == settings.s3_bucket and prefix.split("/")[0] in {"datasets", "jobs"}:
+        raise _invalid(
+            name, "the service's own datasets and job outputs cannot be models", settings
+        )
+    allowed = [p.rstrip("/") + "/" for p in settings.s3_model_prefixes]
+    if not allowed:
+        raise _invalid(
+            name,
+            "s3:// models are turned off on this service; ask the operator to list allowed "
+            "prefixes in SDFT_S3_MODEL_PREFIXES",
+            settings,
+        )
+    if not any((uri + "/").startswith(p) for p in allowed):
+        raise _invalid(
+            name, f"the URI is outside the allowed prefixes {', '.join(allowed)}", settings
+        )
 
 
 def _invalid(name: str, reason: str, settings: Settings) -> ValidationFailed:

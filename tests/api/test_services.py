@@ -131,3 +131,22 @@ def test_resolve_s3_uri(service_settings: Settings) -> None:
     for bad in ("s3://models-bucket/../x", "s3://Bad_Bucket/x", "s3://models-bucket/"):
         with pytest.raises(ValidationFailed):
             resolve_model(bad, service_settings)
+
+
+def test_s3_model_outside_allowed_prefixes(service_settings: Settings) -> None:
+    with pytest.raises(ValidationFailed, match="outside the allowed prefixes"):
+        resolve_model("s3://other-bucket/org/tiny", service_settings)
+
+
+def test_s3_model_into_tenant_data(service_settings: Settings) -> None:
+    bucket = service_settings.s3_bucket
+    for name in (f"s3://{bucket}/jobs/job_x/merged", f"s3://{bucket}/datasets/ds_x"):
+        with pytest.raises(ValidationFailed, match="cannot be models"):
+            resolve_model(name, service_settings)
+
+
+def test_s3_models_off_by_default(service_settings: Settings) -> None:
+    settings = service_settings.model_copy(update={"s3_model_prefixes": []})
+
+    with pytest.raises(ValidationFailed, match="SDFT_S3_MODEL_PREFIXES"):
+        resolve_model("s3://models-bucket/org/tiny", settings)
