@@ -139,9 +139,18 @@ class SDFTConfig:
                 value = getattr(self, option)
                 problems.append(f"{option}={value!r}: {message}")
 
-        problems.extend(_type_problems(self))
-        if problems:
-            return problems
+        type_problems = _type_problems(self)
+        if type_problems:
+            # Range checks would fail on a value of the wrong type, so they run on a copy that
+            # has the defaults in those options: every other bad option is still reported.
+            defaults = {
+                name: SDFTConfig.__dataclass_fields__[name].default for name in type_problems
+            }
+            try:
+                dataclasses.replace(self, **defaults)
+            except ConfigError as exc:
+                return list(type_problems.values()) + exc.problems
+            return list(type_problems.values())
 
         for name in (
             "max_seq_length",
@@ -259,16 +268,16 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     return overrides
 
 
-def _type_problems(config: SDFTConfig) -> list[str]:
+def _type_problems(config: SDFTConfig) -> dict[str, str]:
     """Check each option against its annotation so that YAML or JSON input of the wrong type
-    is reported by name instead of failing later inside torch."""
-    problems = []
+    is reported by name instead of failing later inside torch. Returns messages by option."""
+    problems = {}
     hints = get_type_hints(SDFTConfig)
     for f in fields(SDFTConfig):
         value = getattr(config, f.name)
         expected = hints[f.name]
         if not _matches(value, expected):
-            problems.append(f"{f.name}={value!r}: expected {_describe(expected)}")
+            problems[f.name] = f"{f.name}={value!r}: expected {_describe(expected)}"
     return problems
 
 

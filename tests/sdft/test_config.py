@@ -29,11 +29,15 @@ def test_every_bad_option_is_reported():
     assert problems[2].startswith("rollout_top_p=1.5")
 
 
-def test_type_errors_are_reported_before_ranges():
+def test_type_and_range_errors_reported_together():
     with pytest.raises(ConfigError) as info:
-        SDFTConfig.from_dict({"loss": "l2", "rollout_top_p": 1.5})
+        SDFTConfig.from_dict({"learning_rate": "fast", "lora_rank": -1, "max_steps": 0})
 
-    assert info.value.problems == ["loss='l2': expected one of 'reverse_kl', 'forward_kl', 'jsd'"]
+    problems = info.value.problems
+    assert problems[0] == "learning_rate='fast': expected a number"
+    assert "max_steps=0: must be a positive integer" in problems
+    assert "lora_rank=-1: must be a positive integer" in problems
+    assert len(problems) == 3
 
 
 @pytest.mark.parametrize(
