@@ -13,7 +13,7 @@ import typer
 from tqdm import tqdm
 
 from sdft.config import ConfigError, SDFTConfig, parse_overrides
-from sdft.data.records import Record, RecordError, read_records
+from sdft.data.records import Record
 from sdft.metrics import divergence_metric
 
 logger = logging.getLogger(__name__)
@@ -241,14 +241,23 @@ def _load_config(config_file: Path | None, overrides: list[str] | None) -> SDFTC
 
 
 def _load_records(dataset: Path) -> list[Record]:
+    """Read a dataset in any supported trace format, as `sdft dataset convert` would."""
+    from sdft.ingest import IngestError, convert
+
     try:
-        records = read_records(dataset)
-    except RecordError as exc:
-        _fail(f"{dataset}: line {exc.line}: {exc.reason}; fix that line", _EXIT_USAGE)
+        conversion = convert(dataset)
+        records = list(conversion)
+    except IngestError as exc:
+        _fail(f"{dataset}: {exc}", _EXIT_USAGE)
     except OSError as exc:
         _fail(f"cannot read dataset {dataset}: {exc.strerror}", _EXIT_USAGE)
     if not records:
-        _fail(f"{dataset} contains no records", _EXIT_USAGE)
+        dropped = conversion.report.to_dict().get("dropped") or {}
+        detail = f" (dropped: {dropped})" if dropped else ""
+        _fail(f"{dataset} contains no usable records{detail}", _EXIT_USAGE)
+    logger.info(
+        "read %d records from %s (format %s)", len(records), dataset, conversion.report.format
+    )
     return records
 
 

@@ -468,3 +468,22 @@ def invoke(*args: str) -> Any:
     app = typer.Typer()
     train_cli.register(app)
     return CliRunner().invoke(app, list(args))
+
+
+def test_cli_train_reads_claude_code_log(tmp_path: Path, tiny_qwen3_5_dir: Path) -> None:
+    output = tmp_path / "run"
+    result = invoke(
+        "train",
+        "--model", str(tiny_qwen3_5_dir),
+        "--dataset", "../shared/data/traces/claude_code/session_short.jsonl",
+        "--output", str(output),
+        "--no-merge",
+        "--teacher-check-records", "0",
+        "--set", "max_steps=1",
+        "--set", "max_rollout_tokens=4",
+        "--set", "lora_rank=2",
+        "--set", "gradient_checkpointing=false",
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    assert (output / "metrics.jsonl").is_file()
