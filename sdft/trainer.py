@@ -310,6 +310,14 @@ class SDFTRun:
             betas=(config.adam_beta1, config.adam_beta2),
             weight_decay=config.weight_decay,
         )
+        if config.warmup_steps >= config.max_steps:
+            logger.warning(
+                "warmup_steps=%d is not below max_steps=%d, so the learning rate never reaches "
+                "learning_rate=%g; lower warmup_steps for a short run",
+                config.warmup_steps,
+                config.max_steps,
+                config.learning_rate,
+            )
         self.scheduler = transformers.get_scheduler(
             _SCHEDULERS[config.lr_scheduler],
             optimizer=self.optimizer,
