@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import transformers
@@ -78,11 +78,21 @@ class TrainingError(RuntimeError):
     """A run that cannot continue; the message names the input to change."""
 
 
+class SupportsTrainCallbacks(Protocol):
+    """The three methods of `TrainCallbacks`, which is all that `SDFTRun` calls."""
+
+    def on_metrics(self, step: int, metrics: dict[str, Any]) -> None: ...
+
+    def on_event(self, kind: str, data: dict[str, Any]) -> None: ...
+
+    def should_stop(self) -> bool: ...
+
+
 class TrainCallbacks:
     """Hooks through which a caller follows and stops a run.
 
     Subclass and override what you need; the defaults do nothing. Any object with these
-    three methods works too.
+    three methods works too (see `SupportsTrainCallbacks`).
 
     Event kinds and their data:
     - "teacher_check": `TeacherCheckReport.to_dict()`, once before the first step.
@@ -170,7 +180,7 @@ class SDFTRun:
         model_dir: str | Path,
         records: Sequence[Record],
         output_dir: str | Path,
-        callbacks: TrainCallbacks | None = None,
+        callbacks: SupportsTrainCallbacks | None = None,
         *,
         teacher_check_records: int = 2,
     ) -> None:
