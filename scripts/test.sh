@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Run the test suite: the README's second command and the command CI runs.
 #
+# Before pytest it lints with `ruff check`, checks formatting with `ruff format --check` and
+# type-checks with mypy (settings in pyproject.toml), and it fails if any of them reports errors.
+#
 # It uses PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379 when they accept connections, starts the
 # machine's own servers when they are installed but down, and otherwise leaves it to the test
 # fixtures, which then start embedded ones from PyPI wheels. SeaweedFS (S3) always comes from
@@ -10,6 +13,7 @@
 # Environment:
 #   SDFT_TEST_SLOW=1      also run tests marked slow (the default run skips them)
 #   SDFT_SKIP_INSTALL=1   use the existing virtualenv as it is
+#   SDFT_SKIP_LINT=1      skip ruff and mypy and run pytest only
 #   SDFT_VENV             virtualenv folder (default: .venv)
 #   SDFT_ALLOW_NO_TESTS=1 treat "no tests collected" (pytest exit code 5) as success
 set -euo pipefail
@@ -19,6 +23,23 @@ venv="${SDFT_VENV:-.venv}"
 
 if [ "${SDFT_SKIP_INSTALL:-0}" != 1 ]; then
   scripts/install.sh
+fi
+
+if [ "${SDFT_SKIP_LINT:-0}" != 1 ]; then
+  # Every tool runs, so one run lists all findings, and the run stops before pytest if any failed.
+  lint_failed=()
+  echo "==> ruff check"
+  "$venv/bin/ruff" check . || lint_failed+=("ruff check")
+  echo "==> ruff format --check"
+  "$venv/bin/ruff" format --check . || lint_failed+=("ruff format --check")
+  echo "==> mypy"
+  "$venv/bin/mypy" || lint_failed+=("mypy")
+  if [ "${#lint_failed[@]}" -gt 0 ]; then
+    for tool in "${lint_failed[@]}"; do
+      echo "error: $tool failed; fix what it reports above before the tests run" >&2
+    done
+    exit 1
+  fi
 fi
 
 port_open() {

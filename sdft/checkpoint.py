@@ -144,7 +144,7 @@ def save_checkpoint(
         shutil.rmtree(tmp)  # left over from a run that died while writing
     tmp.mkdir()
 
-    model.save_pretrained(tmp / "adapter", selected_adapters=adapter_names)
+    model.save_pretrained(str(tmp / "adapter"), selected_adapters=adapter_names)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(_torch_rng_states(random_state), tmp / "rng.pt")
@@ -252,7 +252,15 @@ def _python_rng_states(random_state: RandomState) -> dict[str, Any]:
     except ImportError:
         states["numpy"] = None
     else:
-        kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+        numpy_state = np.random.get_state(legacy=True)
+        # legacy=True returns a dict only for a bit generator other than MT19937, which the
+        # global RandomState does not use.
+        if not isinstance(numpy_state, tuple):
+            raise CheckpointError(
+                f"np.random.get_state(legacy=True) returned a {type(numpy_state).__name__}, "
+                "expected the MT19937 state tuple; the checkpoint cannot store it"
+            )
+        kind, keys, pos, has_gauss, cached = numpy_state
         states["numpy"] = [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]
     return states
 

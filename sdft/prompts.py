@@ -320,7 +320,7 @@ class PromptBuilder:
 
     def _probe_tool_calls(self) -> bool:
         call = {"type": "function", "function": {"name": _PROBE_TOOL, "arguments": {"x": 1}}}
-        messages = [
+        messages: list[Message] = [
             {"role": "user", "content": "probe"},
             {"role": "assistant", "content": "", "tool_calls": [call]},
         ]

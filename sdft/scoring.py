@@ -83,6 +83,17 @@ def lm_head_of(model: nn.Module) -> nn.Module:
     return head
 
 
+def _head_weight(lm_head: nn.Module) -> torch.Tensor:
+    """Return the (V, H) weight of an LM head."""
+    weight = lm_head.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(
+            f"the LM head {type(lm_head).__name__} has no weight tensor: expected a linear "
+            "output projection"
+        )
+    return weight
+
+
 def rollout_hidden_states(
     model: nn.Module, input_ids: torch.Tensor, num_rollout_tokens: int
 ) -> torch.Tensor:
@@ -108,8 +119,10 @@ def rollout_hidden_states(
 
     trunk = decoder_trunk(model)
     if num_rollout_tokens == 0:
-        hidden_size = lm_head_of(model).weight.shape[1]
-        return torch.zeros(0, hidden_size, device=input_ids.device, dtype=trunk.dtype)
+        hidden_size = int(_head_weight(lm_head_of(model)).shape[1])
+        # transformers models define `dtype`, which nn.Module types as Tensor | Module.
+        dtype: torch.dtype = trunk.dtype  # type: ignore[assignment]
+        return torch.zeros(0, hidden_size, device=input_ids.device, dtype=dtype)
 
     # The last position predicts nothing inside the sequence, so the trunk stops before it.
     outputs = trunk(input_ids=input_ids[:, :-1], use_cache=False)
@@ -172,7 +185,8 @@ class _RowGradients(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, grad_values: torch.Tensor
     ) -> tuple[torch.Tensor, None, None]:
-        (row_gradients,) = ctx.saved_tensors
+        # torch types ctx as FunctionCtx, which lacks the saved_tensors that autograd provides.
+        (row_gradients,) = ctx.saved_tensors  # type: ignore[attr-defined]
         grad_hidden = grad_values.unsqueeze(-1).to(row_gradients.dtype) * row_gradients
         return grad_hidden, None, None
 
@@ -223,7 +237,7 @@ def chunked_token_stats(
         )
 
     teacher_hidden = teacher_hidden.detach()
-    vocab_size = lm_head.weight.shape[0]
+    vocab_size = int(_head_weight(lm_head).shape[0])
     rows = chunk_rows(vocab_size, chunk_bytes, num_models=2)
     head_trainable = any(p.requires_grad for p in lm_head.parameters())
     needs_grad = torch.is_grad_enabled() and (student_hidden.requires_grad or head_trainable)
@@ -246,9 +260,10 @@ def chunked_token_stats(
         if not needs_grad:
             with torch.no_grad():
                 chunk_values, student_lp, teacher_lp = _chunk_values(student_hidden[chunk], *args)
-        elif head_trainable:
-            # Checkpointing keeps only this chunk's inputs and recomputes its logits in backward,
-            # because the LM head's weight gradient mixes all rows and cannot be precomputed.
+        elif row_gradients is None:
+            # The head is trainable. Checkpointing keeps only this chunk's inputs and recomputes
+            # its logits in backward, because the LM head's weight gradient mixes all rows and
+            # cannot be precomputed.
             chunk_values, student_lp, teacher_lp = checkpoint(
                 _chunk_values, student_hidden[chunk], *args, use_reentrant=False
             )
@@ -314,7 +329,7 @@ def chunked_token_logprobs(
         empty = torch.zeros(0, device=hidden.device, dtype=torch.float32)
         return empty + hidden.sum() * 0.0 if hidden.requires_grad else empty
 
-    rows = chunk_rows(lm_head.weight.shape[0], chunk_bytes, num_models=1)
+    rows = chunk_rows(int(_head_weight(lm_head).shape[0]), chunk_bytes, num_models=1)
     head_trainable = any(p.requires_grad for p in lm_head.parameters())
     needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or head_trainable)
     # Preallocated for the same reason as in `chunked_token_stats`: a small result kept per chunk

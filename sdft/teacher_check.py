@@ -184,7 +184,8 @@ def greedy_output(
 ) -> str:
     """Decode the model's greedy continuation of `prompt_ids`, without the end-of-turn token."""
     input_ids = torch.tensor([prompt_ids], device=device)
-    output = model.generate(
+    # nn.Module types unknown attributes as Tensor | Module; causal LMs and PeftModel have generate.
+    output = model.generate(  # type: ignore[operator]
         input_ids=input_ids,
         attention_mask=torch.ones_like(input_ids),
         max_new_tokens=max_new_tokens,

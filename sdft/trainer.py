@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import transformers
@@ -78,11 +78,21 @@ class TrainingError(RuntimeError):
     """A run that cannot continue; the message names the input to change."""
 
 
+class SupportsTrainCallbacks(Protocol):
+    """The three methods of `TrainCallbacks`, which is all that `SDFTRun` calls."""
+
+    def on_metrics(self, step: int, metrics: dict[str, Any]) -> None: ...
+
+    def on_event(self, kind: str, data: dict[str, Any]) -> None: ...
+
+    def should_stop(self) -> bool: ...
+
+
 class TrainCallbacks:
     """Hooks through which a caller follows and stops a run.
 
     Subclass and override what you need; the defaults do nothing. Any object with these
-    three methods works too.
+    three methods works too (see `SupportsTrainCallbacks`).
 
     Event kinds and their data:
     - "teacher_check": `TeacherCheckReport.to_dict()`, once before the first step.
@@ -170,7 +180,7 @@ class SDFTRun:
         model_dir: str | Path,
         records: Sequence[Record],
         output_dir: str | Path,
-        callbacks: TrainCallbacks | None = None,
+        callbacks: SupportsTrainCallbacks | None = None,
         *,
         teacher_check_records: int = 2,
     ) -> None:
@@ -185,7 +195,7 @@ class SDFTRun:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_log = MetricsLog(self.output_dir)
 
-        self.model: PeftModel | None = None
+        self._model: PeftModel | None = None
         self.tokenizer: Any = None
         self.adapter_report: AdapterReport | None = None
         self.state = TrainState(data=DataPosition(seed=config.seed))
@@ -196,6 +206,16 @@ class SDFTRun:
         self._trained = False
 
     # Public API.
+
+    @property
+    def model(self) -> PeftModel:
+        """The student model with its adapters, loaded by `train()`."""
+        if self._model is None:
+            raise TrainingError(
+                "the model is not loaded: call train() first, and do not use the run after "
+                "save_merged(), which consumes the adapter model"
+            )
+        return self._model
 
     def train(self, resume_from: Path | None = None) -> TrainResult:
         """Train to `config.max_steps`, or resume from a checkpoint folder and continue.
@@ -263,7 +283,7 @@ class SDFTRun:
         """
         from sdft.models.export import save_merged
 
-        if self.model is None:
+        if self._model is None:
             raise TrainingError("save_merged() needs a trained model; call train() first")
         run_info = {
             "config": self.config.to_dict(),
@@ -282,7 +302,7 @@ class SDFTRun:
             base_model_dir=self.model_dir,
             run_info=run_info,
         )
-        self.model = None  # the merge consumed the adapter model
+        self._model = None  # the merge consumed the adapter model
         return report.out_dir
 
     # Setup.
@@ -297,7 +317,7 @@ class SDFTRun:
         if config.gradient_checkpointing:
             _enable_activation_checkpointing(model)
 
-        self.model, self.adapter_report = attach_adapter(model, config)
+        self._model, self.adapter_report = attach_adapter(model, config)
         self._adapter_names = [STUDENT_ADAPTER]
         if config.teacher == "ema":
             add_ema_adapter(self.model)
@@ -505,7 +525,6 @@ class SDFTRun:
     @contextmanager
     def _teacher(self) -> Iterator[None]:
         """Make the model act as the teacher inside the block."""
-        assert self.model is not None
         if self.config.teacher == "ema":
             with use_adapter(self.model, EMA_ADAPTER):
                 yield
@@ -656,7 +675,6 @@ class SDFTRun:
     def _teacher_check(self) -> TeacherCheckReport | None:
         if self.teacher_check_records <= 0:
             return None
-        assert self.model is not None
         started = time.perf_counter()
         with self._teacher():
             report = run_teacher_check(
@@ -676,7 +694,6 @@ class SDFTRun:
         return report
 
     def _save_checkpoint(self) -> Path:
-        assert self.model is not None
         path = save_checkpoint(
             self.output_dir,
             model=self.model,
@@ -717,7 +734,7 @@ class SDFTRun:
         return torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, L)
 
 
-def _enable_activation_checkpointing(model: torch.nn.Module) -> None:
+def _enable_activation_checkpointing(model: transformers.PreTrainedModel) -> None:
     """Turn on activation (gradient) checkpointing, non-reentrant, with input grads.
 
     Non-reentrant checkpointing computes LoRA gradients even though the embedding output

@@ -117,7 +117,8 @@ def validate_lines(
     lines: Iterable[str | bytes], *, max_errors: int = 50
 ) -> tuple[int, list[RecordError]]:
     """Check every line; return the count of valid records and up to `max_errors` errors."""
-    count, errors = 0, []
+    count = 0
+    errors: list[RecordError] = []
     for line_no, raw in enumerate(lines, start=1):
         try:
             for _ in iter_records([raw], start_line=line_no):

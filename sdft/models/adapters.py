@@ -32,12 +32,22 @@ _LORA_LAYER_TYPES = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d)
 
 
 class AdapterSettings(Protocol):
-    """The adapter options of `SDFTConfig`."""
+    """The adapter options of `SDFTConfig`.
 
-    lora_rank: int
-    lora_alpha: int
-    lora_dropout: float
-    lora_target_modules: Sequence[str]
+    Members are read-only properties so that frozen dataclasses such as `SDFTConfig` match.
+    """
+
+    @property
+    def lora_rank(self) -> int: ...
+
+    @property
+    def lora_alpha(self) -> int: ...
+
+    @property
+    def lora_dropout(self) -> float: ...
+
+    @property
+    def lora_target_modules(self) -> Sequence[str]: ...
 
 
 @dataclass(frozen=True)

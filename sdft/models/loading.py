@@ -42,10 +42,16 @@ class ModelLoader(Protocol):
 
 
 class DeviceSettings(Protocol):
-    """The two options of `SDFTConfig` that choose where a run computes."""
+    """The two options of `SDFTConfig` that choose where a run computes.
 
-    device: str
-    dtype: str
+    Members are read-only properties so that frozen dataclasses such as `SDFTConfig` match.
+    """
+
+    @property
+    def device(self) -> str: ...
+
+    @property
+    def dtype(self) -> str: ...
 
 
 def resolve_device_dtype(config: DeviceSettings) -> tuple[torch.device, torch.dtype]:

@@ -1,5 +1,5 @@
-"""The shell scripts pass shellcheck, and the test script turns pytest's "no tests collected"
-exit code into a failure unless SDFT_ALLOW_NO_TESTS=1 is set."""
+"""The shell scripts pass shellcheck. The test script stops when ruff or mypy fails, and it
+turns pytest's "no tests collected" exit code into a failure unless SDFT_ALLOW_NO_TESTS=1."""
 
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ def _run_test_script(*pytest_args: str, allow_no_tests: bool) -> subprocess.Comp
         # The virtualenv running these tests: bin/python is this interpreter.
         "SDFT_VENV": str(Path(sys.executable).parent.parent),
         "SDFT_ALLOW_NO_TESTS": "1" if allow_no_tests else "0",
+        # The lint step has its own test below, so these runs check pytest's exit codes only.
+        "SDFT_SKIP_LINT": "1",
     }
     # --noconftest skips the suite's fixtures, which import torch and take seconds to load.
     return subprocess.run(
@@ -73,3 +75,32 @@ def test_failing_test_fails_script(tmp_path: Path) -> None:
 
     assert result.returncode == 1, result.stdout + result.stderr
     assert "1 failed" in result.stdout
+
+
+def test_failing_linter_stops_script(tmp_path: Path) -> None:
+    # A stand-in virtualenv: ruff passes `check` and fails `format --check`, mypy fails. The
+    # script must stop before pytest, so the virtualenv needs no python.
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "ruff").write_text('#!/bin/sh\n[ "$1" = format ] && exit 1\nexit 0\n')
+    (bin_dir / "mypy").write_text("#!/bin/sh\necho 'sdft/x.py:1: error: stand-in'\nexit 1\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    env = {**os.environ, "SDFT_SKIP_INSTALL": "1", "SDFT_VENV": str(tmp_path / "venv")}
+    env.pop("SDFT_SKIP_LINT", None)
+
+    result = subprocess.run(
+        ["bash", "scripts/test.sh"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "error: ruff format --check failed" in result.stderr
+    assert "error: mypy failed" in result.stderr
+    assert "error: ruff check failed" not in result.stderr
+    assert "==> starting" not in result.stdout
