@@ -143,7 +143,7 @@ class SDFTConfig:
         if type_problems:
             # Range checks would fail on a value of the wrong type, so they run on a copy that
             # has the defaults in those options: every other bad option is still reported.
-            defaults = {
+            defaults: dict[str, Any] = {
                 name: SDFTConfig.__dataclass_fields__[name].default for name in type_problems
             }
             try:
