@@ -46,7 +46,8 @@ def resolve_model(name: str, settings: Settings) -> ModelRef:
 
     Local names must be a folder directly under models_dir that contains config.json; a
     symlink is accepted only when its target also lies inside models_dir. S3 URIs are checked
-    for form only: the caller checks that `<prefix>/config.json` exists.
+    for form and against `s3_model_prefixes`; the caller checks that `<prefix>/config.json`
+    exists.
     Raises ValidationFailed naming the model and where models are looked up.
     """
     if not isinstance(name, str) or not name.strip():
