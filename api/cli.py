@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
@@ -30,6 +32,28 @@ def _install_redaction() -> None:
     install_redaction(get_settings().secret_values())
 
 
+@contextmanager
+def _database_errors() -> Iterator[None]:
+    """Turn a failed database connection into one line that says which setting to fix."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        yield
+    except OperationalError as exc:
+        from api.settings import get_settings
+
+        url = make_url(get_settings().database_url.get_secret_value())
+        reason = str(exc.orig or exc).strip().splitlines()[-1]
+        typer.echo(
+            f"error: cannot use the database at {url.render_as_string(hide_password=True)}: "
+            f"{reason}. Set SDFT_DATABASE_URL (next to a running `sdft up`, the embedded "
+            "PostgreSQL URL it printed), then run `sdft db upgrade`.",
+            err=True,
+        )
+        raise typer.Exit(1) from exc
+
+
 @db_app.command("upgrade")
 def db_upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision")] = "head",
@@ -38,7 +62,8 @@ def db_upgrade(
     from api.db import migrate
 
     _install_redaction()
-    migrate.upgrade(revision)
+    with _database_errors():
+        migrate.upgrade(revision)
     typer.echo(f"database upgraded to {revision}")
 
 
@@ -50,7 +75,8 @@ def db_downgrade(
     from api.db import migrate
 
     _install_redaction()
-    migrate.downgrade(revision)
+    with _database_errors():
+        migrate.downgrade(revision)
     typer.echo(f"database downgraded to {revision}")
 
 
@@ -99,7 +125,7 @@ def keys_create(
     from api.db.session import session_scope
     from api.services.keys import create_key
 
-    with session_scope() as session:
+    with _database_errors(), session_scope() as session:
         created = create_key(session, tenant)
     typer.echo(f"tenant: {created.tenant_name} ({created.tenant_id})")
     typer.echo(f"key id: {created.id}  prefix: {created.prefix}")
@@ -113,7 +139,7 @@ def keys_list() -> None:
     from api.db.session import session_scope
     from api.services.keys import list_keys
 
-    with session_scope() as session:
+    with _database_errors(), session_scope() as session:
         rows = list_keys(session)
         if not rows:
             typer.echo("no API keys; create one with `sdft keys create --tenant NAME`")
@@ -134,7 +160,7 @@ def keys_revoke(
     from api.services.keys import revoke_key
 
     try:
-        with session_scope() as session:
+        with _database_errors(), session_scope() as session:
             key = revoke_key(session, prefix_or_id)
             key_id, prefix = key.id, key.prefix
     except DomainError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import typer
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
@@ -43,3 +44,23 @@ def test_db_upgrade_is_idempotent(service_settings: Settings) -> None:
     result = CliRunner().invoke(_app(), ["db", "upgrade"])
     assert result.exit_code == 0, result.output
     assert "upgraded to head" in result.output
+
+
+def test_keys_list_missing_database(
+    service_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api.settings import get_settings
+
+    url = service_settings.database_url.get_secret_value().rsplit("/", 1)[0] + "/sdft_absent"
+    monkeypatch.setenv("SDFT_DATABASE_URL", url)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(_app(), ["keys", "list"])
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+
+    assert result.exit_code == 1
+    assert 'database "sdft_absent" does not exist' in result.output
+    assert "Set SDFT_DATABASE_URL" in result.output
+    assert "Traceback" not in result.output
