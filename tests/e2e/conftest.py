@@ -333,6 +333,8 @@ def wait_for_job(
             job = response.json()
             if until(job):
                 return job
+            if job.get("status") in TERMINAL_STATUSES:
+                pytest.fail(f"the job ended before {describe}; job: {job}\n{tails()}")
         time.sleep(0.3)
     pytest.fail(f"timed out after {timeout_s} s waiting for {describe}; job: {job}\n{tails()}")
 
