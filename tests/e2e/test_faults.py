@@ -129,7 +129,8 @@ def test_redis_outage_mid_job(processes: Processes, tenant: TenantKey, tmp_path:
             assert job is not None
             return job.current_step
 
-    max_steps = 4
+    # Steps must remain after the outage starts, so that training is seen to go on.
+    max_steps = 10
     port = free_port()
     data_dir = tmp_path / "redis-data"
     data_dir.mkdir()
