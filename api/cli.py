@@ -34,7 +34,7 @@ def _install_redaction() -> None:
 
 @contextmanager
 def _database_errors() -> Iterator[None]:
-    """Turn a failed database connection into one line that says which setting to fix."""
+    """Turn a failed database connection into one line that names the setting to fix."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import OperationalError
 

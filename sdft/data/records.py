@@ -36,7 +36,7 @@ class RecordError(ValueError):
 
 @dataclass(frozen=True)
 class Record:
-    """One training example: the student sees `prompt`, the teacher also sees `completion`."""
+    """One training example: the student is prompted with `prompt`, the teacher also with `completion`."""
 
     prompt: list[Message]
     completion: Message

@@ -209,7 +209,7 @@ class ApiServer(ServiceProcess):
 def e2e_services(service_settings: Settings) -> Iterator[Settings]:
     """Give the e2e tests a database and a Redis database of their own.
 
-    A worker process trains every job its queue holds and its reaper requeues any stale job of
+    A worker process trains every job in its queue, and its reaper requeues any stale job of
     its database. Sharing the run's database and Redis with other test folders would make it
     train their leftover jobs (queued or left `running` on purpose), so the e2e processes get
     fresh ones. The S3 bucket and local folders stay shared: job keys never collide.
