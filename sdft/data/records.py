@@ -36,7 +36,7 @@ class RecordError(ValueError):
 
 @dataclass(frozen=True)
 class Record:
-    """One training example: the student is prompted with `prompt`, the teacher also with `completion`."""
+    """One training example: the student gets `prompt`, the teacher also `completion`."""
 
     prompt: list[Message]
     completion: Message
